@@ -1,0 +1,151 @@
+"""Atomic writes and safe, explicit reads of result files (DESIGN §3).
+
+Every file is written to a temporary name in its own directory and renamed into place, so an interrupted
+job never leaves a half file that looks complete. Reads never execute code (no pickle) and a damaged file
+is reported by name with the way to repair it.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+class ResultFileError(RuntimeError):
+    """A results file that is missing, truncated or corrupted."""
+
+
+def _repair_hint(path: Path) -> str:
+    return (f"delete {path} (or its generation folder) and run snakemake again to recompute it")
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    # os.umask() can only be read by setting it, which races with other threads creating files
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are shared like any file
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(obj):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _finite_or_str(obj):
+    """JSON has no inf/nan: store them as strings so files stay standard JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "inf" if obj > 0 else ("-inf" if obj < 0 else "nan")
+    if isinstance(obj, dict):
+        return {k: _finite_or_str(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_str(v) for v in obj]
+    return obj
+
+
+def dumps_json(obj: Any) -> str:
+    return json.dumps(_finite_or_str(obj), indent=1, sort_keys=False, default=_json_default,
+                      allow_nan=False) + "\n"
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, dumps_json(obj).encode())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ResultFileError(f"missing results file {path}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ResultFileError(f"corrupted results file {path}: not valid JSON ({exc}); "
+                              f"{_repair_hint(path)}") from None
+
+
+def number(value) -> float:
+    """Inverse of the inf/nan encoding of write_json."""
+    return float(value)
+
+
+def write_tensors(path: str | os.PathLike, obj: dict) -> None:
+    """A dict of tensors, numbers, strings and lists, loadable with ``torch.load(weights_only=True)``."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_tensors(path: str | os.PathLike) -> dict:
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise ResultFileError(f"missing results file {path}")
+    try:
+        # weights_only: a results folder from someone else must never execute code when opened
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged archives
+        raise ResultFileError(f"corrupted results file {path}: cannot be loaded as tensors "
+                              f"({type(exc).__name__}: {exc}); {_repair_hint(path)}") from None
+
+
+def write_tsv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
+    atomic_write_bytes(path, frame.to_csv(sep="\t", index=False, lineterminator="\n").encode())
+
+
+def read_tsv(path: str | os.PathLike) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise ResultFileError(f"missing results file {path}")
+    try:
+        return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ResultFileError(f"corrupted results file {path}: not a valid table ({exc}); "
+                              f"{_repair_hint(path)}") from None
+
+
+def fingerprint(*parts: Any) -> str:
+    """Stable hash of JSON-able inputs: a finished per-candidate file is reused only if it matches."""
+    return hashlib.sha256(dumps_json(parts).encode()).hexdigest()[:16]
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]

@@ -1,0 +1,368 @@
+"""Learning with a candidate loss: unrolled local search, partial training, fitness, meta-testing.
+
+DESIGN §1.4 (local search), §1.6 (fitness), §1.7 (meta-test). Data stay on their device; batches are
+drawn by index with a seeded ``torch.Generator`` on that device (no DataLoader, no global RNG). Every
+random stream has its own seed derived from the experiment seed (``devices.derive_seed``), so runs
+with the same seed are identical and two losses trained with one seed see the same batches.
+
+A bad candidate never raises: non-finite values end the run early with a reason.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .compile import CompiledLoss, FrozenLoss, baseline_loss, compile_expression, loss_value
+from .devices import derive_seed, make_generator
+
+Reinit = Callable[[nn.Module, int], None]
+
+
+def _default_reinit() -> Reinit:
+    from .models import reinitialize
+
+    return reinitialize
+
+
+# --------------------------------------------------------------------------- batches
+class BatchSampler:
+    """Seeded epoch-wise shuffling: each epoch is a fresh permutation cut into full batches.
+
+    Indices are drawn on the data's device, so a batch is one gather with no host round trip.
+    A batch larger than the data is clipped to the data size.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device | str) -> None:
+        if n < 1:
+            raise ValueError("cannot draw batches from an empty split")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.n = n
+        self.batch_size = min(batch_size, n)
+        self.device = torch.device(device)
+        self.generator = make_generator(seed, self.device)
+        self._perm: Tensor | None = None
+        self._pos = n
+
+    def next(self) -> Tensor:
+        if self._pos + self.batch_size > self.n:
+            self._perm = torch.randperm(self.n, generator=self.generator, device=self.device)
+            self._pos = 0
+        idx = self._perm[self._pos:self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return idx
+
+
+def _split(task, which: str) -> tuple[Tensor, Tensor]:
+    return getattr(task, f"x_{which}"), getattr(task, f"y_{which}")
+
+
+# --------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def metric(model: nn.Module, x: Tensor, y: Tensor, kind: str, *, chunk: int = 4096) -> float:
+    """Error rate (classification) or MSE (regression) over all of ``x``, in chunks, in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        total = torch.zeros((), dtype=torch.float64, device=x.device)
+        for start in range(0, x.shape[0], chunk):
+            out = model(x[start:start + chunk])
+            target = y[start:start + chunk]
+            if kind == "classification":
+                total += (out.argmax(dim=1) != target).sum()
+            else:
+                total += (out.double() - target.reshape(out.shape).double()).square().sum()
+        denom = y.shape[0] if kind == "classification" else y.numel()
+        return float(total) / max(denom, 1)
+    finally:
+        model.train(was_training)
+
+
+def _training_loss(loss_fn) -> Callable[[Tensor, Tensor], Tensor]:
+    """A loss network is trained with its weights fixed, so use the cheaper literal-weight code."""
+    if isinstance(loss_fn, CompiledLoss):
+        loss_fn = loss_fn.frozen()
+    if isinstance(loss_fn, FrozenLoss):
+        return loss_fn.function
+    return loss_fn
+
+
+def _params_finite(params: Sequence[Tensor]) -> Tensor:
+    return torch.stack([torch.isfinite(p).all() for p in params]).all()
+
+
+# --------------------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    """``curve``: (step, mean training loss since the previous point, validation metric)."""
+
+    curve: list[tuple[int, float, float]]
+    diverged: bool
+    reason: str | None
+    steps: int
+    seconds: float
+
+
+def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], task, *, steps: int, lr: float,
+          momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0, batch_size: int = 128,
+          seed: int = 0, milestones: Iterable[int] = (), gamma: float = 0.1, eval_every: int | None = None,
+          check_every: int = 25) -> TrainResult:
+    """Train ``model`` in place with SGD (+ MultiStepLR over steps) under ``loss_fn``.
+
+    Batches come from ``seed`` alone, so two losses trained with one seed see the same batches.
+    The validation metric is taken every ``eval_every`` steps and always after the last step.
+    Divergence (a non-finite loss or parameter, checked every ``check_every`` steps to avoid a device
+    sync per step) stops training early with ``diverged=True`` and a reason; so does a loss that does
+    not depend on the network output (``diverged=False``, with a reason).
+    """
+    t0 = time.perf_counter()
+    kind = task.kind
+    loss_fn = _training_loss(loss_fn)
+    x, y = _split(task, "train")
+    x_val, y_val = _split(task, "val")
+    sampler = BatchSampler(x.shape[0], batch_size, derive_seed(seed, "train-batches"), x.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    milestones = sorted(int(m) for m in milestones)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma) if milestones else None
+    model.train()
+    running = torch.zeros((), dtype=torch.float64, device=x.device)  # sum of losses since the last point
+    count = 0
+    curve: list[tuple[int, float, float]] = []
+    step = 0
+
+    def finish(diverged: bool, reason: str | None) -> TrainResult:
+        return TrainResult(curve, diverged, reason, step, time.perf_counter() - t0)
+
+    if steps <= 0:  # nothing to train: still one point, so callers always find a final metric
+        curve.append((0, math.nan, metric(model, x_val, y_val, kind)))
+        return finish(False, None)
+
+    for step in range(1, steps + 1):
+        idx = sampler.next()
+        loss = loss_fn(model(x[idx]), y[idx])
+        if not loss.requires_grad:
+            return finish(False, "the loss does not depend on the network output; training stopped")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        running += loss.detach()
+        count += 1
+        record = step == steps or (eval_every and step % eval_every == 0)
+        if record or step % check_every == 0:
+            total, ok = torch.stack([running, _params_finite(params).double()]).tolist()
+            if not math.isfinite(total):
+                return finish(True, f"non-finite training loss by step {step}")
+            if not ok:
+                return finish(True, f"non-finite network parameters by step {step}")
+            if record:
+                val = metric(model, x_val, y_val, kind)
+                curve.append((step, total / count, val))
+                running.zero_()
+                count = 0
+                if not math.isfinite(val):
+                    return finish(True, f"non-finite validation metric at step {step}")
+    return finish(False, None)
+
+
+# --------------------------------------------------------------------------- fitness
+@dataclass
+class FitnessResult:
+    """``fitness``: validation error rate / MSE, ``math.inf`` for a bad loss (``reason`` says why)."""
+
+    fitness: float
+    reason: str | None
+    curve: list[tuple[int, float, float]]
+    seconds: float
+
+
+def fitness(loss, task, model: nn.Module, *, steps: int = 500, lr: float, momentum: float = 0.0,
+            nesterov: bool = False, weight_decay: float = 0.0, batch_size: int = 128, seed: int,
+            eval_every: int | None = None, reinit: Reinit | None = None) -> FitnessResult:
+    """DESIGN §1.6: re-initialise ``model`` from ``seed``, train ``steps`` SGD steps, score on validation."""
+    t0 = time.perf_counter()
+    (reinit or _default_reinit())(model, seed)
+    result = train(model, loss, task, steps=steps, lr=lr, momentum=momentum, nesterov=nesterov,
+                   weight_decay=weight_decay, batch_size=batch_size, seed=seed, eval_every=eval_every)
+    if result.reason is not None:
+        value, reason = math.inf, result.reason
+    else:
+        value, reason = result.curve[-1][2], None
+    return FitnessResult(value, reason, result.curve, time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------- local search
+def differentiable_sgd(model: nn.Module, params: dict[str, Tensor], batches: Sequence[tuple[Tensor, Tensor]],
+                       loss_of: Callable[[Tensor, Tensor], Tensor], *, lr: float, momentum: float = 0.0,
+                       nesterov: bool = False, weight_decay: float = 0.0) -> dict[str, Tensor]:
+    """SGD steps (one per batch) as a differentiable function of ``params`` and of the loss's inputs.
+
+    Under ``torch.no_grad`` it computes the same values without building the outer graph.
+    The update is ``torch.optim.SGD``'s with dampening 0: g += wd * p; buf = g (first step) or
+    momentum * buf + g; direction = g + momentum * buf (Nesterov) or buf; p -= lr * direction.
+    """
+    names = list(params)
+    values = list(params.values())
+    buffers: list[Tensor] | None = None
+    differentiable = torch.is_grad_enabled()
+    for xb, yb in batches:
+        with torch.enable_grad():  # the inner gradient is part of the function, even under no_grad
+            if not differentiable:  # plain values: each step needs its own leaves
+                values = [v.detach().requires_grad_(True) for v in values]
+            loss = loss_of(functional_call(model, dict(zip(names, values)), (xb,)), yb)
+            if loss.requires_grad:
+                grads = torch.autograd.grad(loss, values, create_graph=differentiable, allow_unused=True)
+            else:
+                grads = (None,) * len(values)
+        grads = [torch.zeros_like(v) if g is None else g for v, g in zip(values, grads)]
+        # torch.add(a, b, alpha=c) is one fused kernel for a + c * b (these tensors are the network's size)
+        if weight_decay:
+            grads = [torch.add(g, v, alpha=weight_decay) for g, v in zip(grads, values)]
+        if momentum:
+            if buffers is None:
+                buffers = grads
+            else:
+                buffers = [torch.add(g, b, alpha=momentum) for b, g in zip(buffers, grads)]
+            if nesterov:
+                grads = [torch.add(g, b, alpha=momentum) for g, b in zip(grads, buffers)]
+            else:
+                grads = buffers
+        values = [torch.add(v, g, alpha=-lr) for v, g in zip(values, grads)]
+    return dict(zip(names, values))
+
+
+def meta_objective(loss_fn, kind: str, weights: Tensor, model: nn.Module, params: dict[str, Tensor],
+                   train_batches: Sequence[tuple[Tensor, Tensor]], val_batch: tuple[Tensor, Tensor], *,
+                   lr: float, momentum: float = 0.0, nesterov: bool = False,
+                   weight_decay: float = 0.0) -> Tensor:
+    """Task loss on ``val_batch`` after differentiable SGD steps under the candidate loss.
+
+    ``loss_fn`` is a compiled expression (``compile_expression``); the result is differentiable in
+    ``weights``.
+    """
+    stepped = differentiable_sgd(model, params, train_batches,
+                                 lambda out, target: loss_value(loss_fn, kind, weights, out, target),
+                                 lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    x_val, y_val = val_batch
+    return baseline_loss(kind)(functional_call(model, stepped, (x_val,)), y_val)
+
+
+def meta_gradient(loss_fn, kind: str, weights: Tensor, model: nn.Module, params: dict[str, Tensor],
+                  train_batches: Sequence[tuple[Tensor, Tensor]], val_batch: tuple[Tensor, Tensor],
+                  **sgd) -> tuple[Tensor, Tensor]:
+    """(meta-loss, its gradient w.r.t. ``weights``), both detached; zeros where the weights play no part."""
+    meta_loss = meta_objective(loss_fn, kind, weights, model, params, train_batches, val_batch, **sgd)
+    (grad,) = torch.autograd.grad(meta_loss, [weights], allow_unused=True)
+    return meta_loss.detach(), torch.zeros_like(weights) if grad is None else grad
+
+
+@dataclass
+class LocalSearchResult:
+    """``curve``: validation task loss of each meta step; ``status`` "ok" or "failed" (see ``reason``)."""
+
+    weights: Tensor
+    curve: list[float]
+    seconds: float
+    status: str
+    reason: str | None = None
+    steps: int = 0
+
+
+def unrolled_local_search(loss: CompiledLoss, task, model: nn.Module, *, steps: int = 250,
+                          meta_lr: float = 1e-3, inner_steps: int = 1, lr: float, momentum: float = 0.0,
+                          nesterov: bool = False, weight_decay: float = 0.0, batch_size: int = 128,
+                          seed: int, reinit: Reinit | None = None) -> LocalSearchResult:
+    """DESIGN §1.4: optimise the edge weights of ``loss`` by differentiating through SGD steps.
+
+    Each meta step re-initialises ``model`` (seed derived from ``(seed, step)``), takes ``inner_steps``
+    differentiable SGD steps on training batches under the candidate loss, measures the task loss
+    (CE / MSE) on a validation batch and takes an Adam step on the weights. ``loss`` is not modified;
+    the learned weights are returned. A non-finite meta-loss or meta-gradient stops the search and
+    keeps the weights reached so far (all finite), with status "failed".
+    """
+    t0 = time.perf_counter()
+    reinit = reinit or _default_reinit()
+    kind = task.kind
+    if loss.kind != kind:
+        raise ValueError(f"a {loss.kind} loss cannot be meta-learned on the {kind} task {task.name!r}")
+    fn = compile_expression(loss.tree)
+    x, y = _split(task, "train")
+    x_val, y_val = _split(task, "val")
+    device = x.device
+    weights = loss.weights.detach().to(device=device, dtype=torch.float32).clone().requires_grad_(True)
+    opt = torch.optim.Adam([weights], lr=meta_lr)
+    train_batches = BatchSampler(x.shape[0], batch_size, derive_seed(seed, "meta-train-batches"), device)
+    val_batches = BatchSampler(x_val.shape[0], batch_size, derive_seed(seed, "meta-val-batches"), device)
+    was_training = model.training
+    model.train()
+    curve: list[float] = []
+    status, reason = "ok", None
+    try:
+        for step in range(steps):
+            reinit(model, derive_seed(seed, "meta-init", step))
+            params = {n: p.detach().requires_grad_(True) for n, p in model.named_parameters()}
+            batches = []
+            for _ in range(inner_steps):
+                idx = train_batches.next()
+                batches.append((x[idx], y[idx]))
+            vidx = val_batches.next()
+            meta_loss, grad = meta_gradient(fn, kind, weights, model, params, batches, (x_val[vidx], y_val[vidx]),
+                                            lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+            # one device sync per meta step: the curve value and the finiteness check together
+            value, grad_ok = torch.stack([meta_loss.double(), torch.isfinite(grad).all().double()]).tolist()
+            if not math.isfinite(value):
+                status, reason = "failed", f"non-finite meta-loss ({value}) at meta step {step}"
+                break
+            if not grad_ok:
+                status, reason = "failed", f"non-finite meta-gradient at meta step {step}"
+                break
+            curve.append(value)
+            weights.grad = grad
+            opt.step()
+    finally:
+        model.train(was_training)
+    return LocalSearchResult(weights.detach().clone(), curve, time.perf_counter() - t0, status, reason,
+                             len(curve))
+
+
+# --------------------------------------------------------------------------- meta-testing
+@dataclass
+class MetaTestResult:
+    """One method trained from one seed; ``test_metric`` is inf when training diverged."""
+
+    method: str
+    seed: int
+    test_metric: float
+    curve: list[tuple[int, float, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    diverged: bool = False
+    reason: str | None = None
+
+
+def meta_test(losses: Mapping[str, Callable], task, build: Callable[[int], nn.Module], *, seeds: Iterable[int],
+              steps: int, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+              batch_size: int = 128, milestones: Iterable[int] = (), gamma: float = 0.1,
+              eval_every: int | None = None) -> list[MetaTestResult]:
+    """DESIGN §1.7: every method trains ``build(seed)`` with the same seed, settings and batch order."""
+    results = []
+    milestones = tuple(milestones)
+    for seed in seeds:
+        for method, loss in losses.items():
+            t0 = time.perf_counter()
+            model = build(seed)
+            r = train(model, loss, task, steps=steps, lr=lr, momentum=momentum, nesterov=nesterov,
+                      weight_decay=weight_decay, batch_size=batch_size, seed=seed, milestones=milestones,
+                      gamma=gamma, eval_every=eval_every)
+            x_test, y_test = _split(task, "test")
+            test = math.inf if r.reason is not None else metric(model, x_test, y_test, task.kind)
+            results.append(MetaTestResult(method, seed, test, r.curve, time.perf_counter() - t0,
+                                          r.diverged, r.reason))
+    return results

@@ -1,0 +1,156 @@
+"""The pipeline through the real `snakemake`: the file contract, reruns, resumption, extension, dry runs."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+
+from workflow_utils import (REPO, SNAKEMAKE, SNAKEFILE, candidate_fitness, contract_files, snakemake,
+                            tiny_config, write_config)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One complete tiny run; tests that modify results work on a copy."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    write_config(workdir, tiny_config())
+    proc = snakemake(workdir)
+    return workdir, proc
+
+
+def copy_run(src, dst):
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def test_every_file_of_the_contract(tiny_run):
+    workdir, proc = tiny_run
+    exp = workdir / "results" / "tiny"
+    assert (exp / "config.yaml").exists()
+    for g in range(2):
+        gen = exp / f"gen_{g}"
+        population = json.loads((gen / "population.json").read_text())
+        assert len(population["individuals"]) == 8
+        flt = json.loads((gen / "filter.json").read_text())
+        table = pd.read_csv(gen / "fitness.tsv", sep="\t", keep_default_na=False)
+        assert list(table["id"]) == [i["id"] for i in population["individuals"]]
+        assert set(table["decision"]) <= {"evaluate", "equivalent", "rejected", "gradient_equivalent", "invalid"}
+        for rec in flt["candidates"]:
+            row = table.set_index("id").loc[rec["id"]]
+            assert row["decision"] == rec["decision"] and rec["reason"]
+            if rec["decision"] == "evaluate":
+                cdir = gen / "candidates" / rec["id"]
+                for name in ("loss.json", "optimized.pt", "fitness.json"):
+                    assert (cdir / name).stat().st_size > 0, cdir / name
+                fit = json.loads((cdir / "fitness.json").read_text())["fitness"]
+                assert float(row["fitness"]) == pytest.approx(float(fit), nan_ok=True)
+            elif rec["decision"] == "rejected":
+                assert math.isinf(float(row["fitness"]))
+    # the best loss is the best finite fitness of the whole search, and it is not rejected
+    fitness = pd.concat([pd.read_csv(exp / f"gen_{g}/fitness.tsv", sep="\t") for g in range(2)])
+    best = json.loads((exp / "best/loss.json").read_text())
+    assert math.isfinite(float(best["fitness"]))
+    assert float(best["fitness"]) == pytest.approx(fitness["fitness"].min())
+    meta = pd.read_csv(exp / "meta_test.tsv", sep="\t")
+    assert set(meta["method"]) == {"baseline", "evomal"} and set(meta["seed"]) == {0, 1}
+    transfer = pd.read_csv(exp / "transfer.tsv", sep="\t")
+    assert set(transfer["target"]) == {"wine/linear"}
+    assert (workdir / "results" / "mlflow.db").exists()
+    # one progress line per generation
+    assert proc.stderr.count("[gen 0]") == 1 and proc.stderr.count("[gen 1]") == 1
+
+
+def test_rerunning_stages_gives_identical_files(tiny_run, tmp_path):
+    workdir = copy_run(tiny_run[0], tmp_path / "w")
+    exp = workdir / "results" / "tiny"
+    before = contract_files(exp)
+    # force a stage to run again, recomputing its candidates
+    snakemake(workdir, "-R", "optimize", "--config", "recompute=True")
+    assert contract_files(exp) == before
+    # stop after a stage; then one generation's file as the target; then the rest
+    shutil.rmtree(exp / "gen_1")
+    snakemake(workdir, "--until", "filter")
+    assert (exp / "gen_1" / "filter.json").exists() and not (exp / "gen_1" / "fitness.tsv").exists()
+    snakemake(workdir, "results/tiny/gen_1/fitness.tsv")
+    assert (exp / "gen_1" / "fitness.tsv").exists()
+    snakemake(workdir)
+    assert contract_files(exp) == before
+    # delete a generation folder: exactly that generation and what depends on it is recomputed
+    shutil.rmtree(exp / "gen_1")
+    proc = snakemake(workdir)
+    assert "rule population" in proc.stderr and "wildcards: experiment=tiny, gen=0" not in proc.stderr
+    assert contract_files(exp) == before
+
+
+def test_nothing_to_do_after_a_finished_run(tiny_run, tmp_path):
+    workdir = copy_run(tiny_run[0], tmp_path / "w")
+    proc = snakemake(workdir, "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_raising_generations_extends_a_finished_run(tiny_run, tmp_path):
+    workdir = copy_run(tiny_run[0], tmp_path / "w")
+    exp = workdir / "results" / "tiny"
+    old = {p: p.stat().st_mtime_ns for p in exp.glob("gen_[01]/**/*") if p.is_file()}
+    write_config(workdir, tiny_config(search={"generations": 3}))
+    proc = snakemake(workdir)
+    assert (exp / "gen_2" / "fitness.tsv").exists()
+    assert {p: p.stat().st_mtime_ns for p in old} == old, "earlier generations must not be recomputed"
+    assert "rule best" in proc.stderr and "rule meta_test" in proc.stderr
+
+
+def test_dry_run_of_a_reference_sized_search_builds(tmp_path):
+    config = tiny_config(search={"population": 25, "generations": 50})
+    write_config(tmp_path, config)
+    proc = snakemake(tmp_path, "-n", timeout=300)
+    assert "population" in proc.stdout
+
+
+def test_a_200_generation_search_builds_its_dag(tmp_path):
+    write_config(tmp_path, tiny_config(search={"population": 4, "generations": 200}))
+    proc = snakemake(tmp_path, "-n", timeout=600)
+    assert "RecursionError" not in proc.stderr
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"search": {"population": -3}}, "experiments.tiny.search.population"),
+    ({"search": {"crossover": 0.9, "mutation": 0.25}}, "experiments.tiny.search"),
+    ({"dataset": "no_such_data"}, "experiments.tiny.dataset"),
+    ({"model": "no_such_net"}, "experiments.tiny.model"),
+    ({"method": "sgd"}, "experiments.tiny.method"),
+    ({"meta_test": {"seeds": []}}, "experiments.tiny.meta_test.seeds"),
+])
+def test_invalid_config_fails_before_any_job(tmp_path, change, key):
+    write_config(tmp_path, tiny_config(**change))
+    proc = snakemake(tmp_path, check=False, timeout=120)
+    assert proc.returncode != 0
+    assert key in proc.stderr + proc.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_lint_is_clean():
+    proc = subprocess.run([str(SNAKEMAKE), "-s", str(SNAKEFILE), "--lint"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_fitness_matches_uninterrupted_run_after_resume(tiny_run, tmp_path):
+    """A kill in the middle of a generation's evaluation, then `snakemake`: same files, nothing redone."""
+    workdir = tmp_path / "w"
+    write_config(workdir, tiny_config())
+    proc = snakemake(workdir, env={"EVOMAL_FAILPOINT": "evaluate"}, check=False)
+    assert proc.returncode != 0
+    exp = workdir / "results" / "tiny"
+    finished = {p: p.stat().st_mtime_ns for p in exp.glob("gen_*/candidates/*/*") if p.is_file()}
+    assert finished, "the kill came before any candidate finished"
+    snakemake(workdir)
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished
+    assert contract_files(exp) == contract_files(tiny_run[0] / "results" / "tiny")
+    assert candidate_fitness(exp) == candidate_fitness(tiny_run[0] / "results" / "tiny")

@@ -1,0 +1,130 @@
+# Config resolution, paths and input functions shared by the stage rules.
+import json
+
+from evomal.config import resolve_config
+from evomal.report import PLOT_FILES, SUMMARY_HTML, SUMMARY_MD
+from evomal.stages import active_shards
+
+CFG = resolve_config(config)
+RESULTS = CFG["results_dir"]
+EXP_DIR = f"{RESULTS}/{{experiment}}"
+GEN_DIR = f"{EXP_DIR}/gen_{{gen}}"
+LOGS = f"{RESULTS}/{{experiment}}/logs"
+REPORT_DIR = f"{EXP_DIR}/report"
+
+
+wildcard_constraints:
+    experiment="[A-Za-z0-9_.-]+",
+    gen=r"\d+",
+    shard=r"\d+",
+
+
+def exp_of(wildcards):
+    return CFG["experiments"][wildcards.experiment]
+
+
+def last_generation(name):
+    return CFG["experiments"][name]["search"]["generations"] - 1
+
+
+def searches(name):
+    return CFG["experiments"][name]["method"] != "baseline"
+
+
+def gen_path(experiment, gen, name):
+    return f"{RESULTS}/{experiment}/gen_{gen}/{name}"
+
+
+def previous_generation(wildcards):
+    """Generation g is bred only from generation g-1's files."""
+    g = int(wildcards.gen)
+    if g == 0:
+        return {}
+    return {
+        "population": gen_path(wildcards.experiment, g - 1, "population.json"),
+        "fitness": gen_path(wildcards.experiment, g - 1, "fitness.tsv"),
+    }
+
+
+def previous_archive(wildcards):
+    g = int(wildcards.gen)
+    return {} if g == 0 else {"archive": gen_path(wildcards.experiment, g - 1, "archive.json")}
+
+
+def evaluated_shards(wildcards):
+    """Only shards that received candidates become jobs: known once the filter checkpoint ran."""
+    filter_json = checkpoints.filter.get(**wildcards).output[0]
+    with open(filter_json) as fh:
+        shards = active_shards(json.load(fh))
+    return [gen_path(wildcards.experiment, wildcards.gen, f"shards/evaluate_{s}.json") for s in shards]
+
+
+def search_params(wildcards):
+    """What breeding depends on; `generations` is left out so raising it extends a finished run."""
+    exp = exp_of(wildcards)
+    search = {k: v for k, v in exp["search"].items() if k != "generations"}
+    return {"search": search, "seed": exp["seed"]}
+
+
+def learned_losses(wildcards):
+    """method -> best loss file: this experiment's own and those of the experiments it compares with."""
+    exp = exp_of(wildcards)
+    losses = {}
+    if exp["method"] != "baseline":
+        losses[exp["method"]] = f"{RESULTS}/{wildcards.experiment}/best/loss.json"
+    for other in exp["compare"]:
+        method = CFG["experiments"][other]["method"]
+        if method != "baseline":
+            losses[method if method not in losses else other] = f"{RESULTS}/{other}/best/loss.json"
+    return losses
+
+
+def experiment_targets(name):
+    exp = CFG["experiments"][name]
+    d = f"{RESULTS}/{name}"
+    targets = [f"{d}/config.yaml", f"{d}/meta_test.tsv", f"{d}/report/summary.md", f"{d}/tracking/results.json"]
+    if exp["transfer"]:
+        targets.append(f"{d}/transfer.tsv")
+    if searches(name):
+        targets.append(f"{d}/best/loss.json")
+        targets += [gen_path(name, g, "tracked.json") for g in range(last_generation(name) + 1)]
+    return targets
+
+
+def final_targets(wildcards):
+    return [t for name in CFG["run"] for t in experiment_targets(name)]
+
+
+def generation_tables(wildcards):
+    name = wildcards.experiment
+    return [gen_path(name, g, "fitness.tsv") for g in range(last_generation(name) + 1)]
+
+
+def report_inputs(wildcards):
+    """What the summary links or tabulates; sections an experiment lacks are simply not requested.
+
+    Keys named like evomal.report.PLOT_FILES are the plots (PNG); the others are result files.
+    """
+    name = wildcards.experiment
+    d = f"{RESULTS}/{name}"
+    inputs = {
+        "config": f"{d}/config.yaml",
+        "meta_test": f"{d}/meta_test.tsv",
+        "meta_test_summary": f"{d}/meta_test_summary.tsv",
+        "meta_test_curves": f"{d}/report/{PLOT_FILES['meta_test_curves']}",
+    }
+    if searches(name):
+        inputs.update(fitness_tables=generation_tables(wildcards), best_loss=f"{d}/best/loss.json",
+                      loss_py=f"{d}/best/loss.py", fitness=f"{d}/report/{PLOT_FILES['fitness']}",
+                      decisions=f"{d}/report/{PLOT_FILES['decisions']}")
+    losses = learned_losses(wildcards)
+    if losses:
+        inputs["loss_shape"] = f"{d}/report/{PLOT_FILES['loss_shape']}"
+    own = f"{d}/best/loss.json"
+    compared = [path for path in losses.values() if path != own]
+    if compared:
+        inputs["compared"] = compared
+    if exp_of(wildcards)["transfer"]:
+        inputs.update(transfer=f"{d}/transfer.tsv", transfer_summary=f"{d}/transfer_summary.tsv",
+                      transfer_curves=f"{d}/report/{PLOT_FILES['transfer_curves']}")
+    return inputs

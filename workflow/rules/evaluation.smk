@@ -1,0 +1,83 @@
+# Per-shard stages of a generation: loss compilation, unrolled optimisation, evaluation; best-loss selection.
+
+
+# compiling is milliseconds per candidate: never worth a cluster job
+localrules:
+    compile,
+    best,
+
+
+rule compile:
+    input:
+        f"{GEN_DIR}/filter.json",
+    output:
+        f"{GEN_DIR}/shards/compile_{{shard}}.json",
+    params:
+        method=lambda w: exp_of(w)["method"],
+    threads: 1
+    resources:
+        runtime=10,
+    log:
+        f"{LOGS}/gen_{{gen}}/compile_{{shard}}.log",
+    run:
+        from evomal.stages import compile_shard
+
+        compile_shard(input[0], int(wildcards.shard), output[0], exp=exp_of(wildcards),
+                      recompute=CFG["recompute"], log=log[0])
+
+
+rule optimize:
+    input:
+        filter=f"{GEN_DIR}/filter.json",
+        compiled=f"{GEN_DIR}/shards/compile_{{shard}}.json",
+    output:
+        f"{GEN_DIR}/shards/optimize_{{shard}}.json",
+    params:
+        local_search=lambda w: exp_of(w)["local_search"],
+        training=lambda w: exp_of(w)["training"],
+    threads: 1
+    resources:
+        runtime=120,
+    log:
+        f"{LOGS}/gen_{{gen}}/optimize_{{shard}}.log",
+    run:
+        from evomal.stages import optimize_shard
+
+        optimize_shard(input.filter, int(wildcards.shard), output[0], exp=exp_of(wildcards),
+                       device=CFG["device"], recompute=CFG["recompute"], log=log[0], threads=threads)
+
+
+rule evaluate:
+    input:
+        filter=f"{GEN_DIR}/filter.json",
+        optimized=f"{GEN_DIR}/shards/optimize_{{shard}}.json",
+    output:
+        f"{GEN_DIR}/shards/evaluate_{{shard}}.json",
+    params:
+        training=lambda w: exp_of(w)["training"],
+    threads: 1
+    resources:
+        runtime=120,
+    log:
+        f"{LOGS}/gen_{{gen}}/evaluate_{{shard}}.log",
+    run:
+        from evomal.stages import evaluate_shard
+
+        evaluate_shard(input.filter, int(wildcards.shard), output[0], exp=exp_of(wildcards),
+                       device=CFG["device"], recompute=CFG["recompute"], log=log[0], threads=threads)
+
+
+rule best:
+    input:
+        lambda w: gen_path(w.experiment, last_generation(w.experiment), "archive.json"),
+    output:
+        f"{EXP_DIR}/best/loss.json",
+    params:
+        generations=lambda w: last_generation(w.experiment) + 1,
+    log:
+        f"{LOGS}/best.log",
+    run:
+        from evomal.stages import select_best
+
+        select_best(input[0], f"{RESULTS}/{wildcards.experiment}", output[0], exp=exp_of(wildcards),
+                    log=log[0])

@@ -1,0 +1,72 @@
+# MLflow tracking (DESIGN §4, docs/tracking.md): bookkeeping that only reads compute outputs.
+# Nothing but `rule all` consumes these outputs, so a failing tracking backend never blocks or deletes
+# compute: the job raises an error naming the tracking URI, Snakemake (keep-going) finishes the compute
+# and exits non-zero listing the tracking jobs, and the next run catches up (runs are found by tags and
+# updated, never duplicated). The tracking URI is a param: changing it re-tracks everything to the new
+# backend. `resources: mlflow=1` (a global resource of 1 in the profiles) keeps sqlite writers serial.
+from evomal.tracking import results_inputs
+
+
+localrules:
+    tracking_init,
+    track,
+    track_results,
+
+
+rule tracking_init:
+    input:
+        f"{EXP_DIR}/config.yaml",
+    output:
+        f"{EXP_DIR}/tracking/run.json",
+    params:
+        uri=CFG["tracking_uri"],
+    resources:
+        mlflow=1,
+    log:
+        f"{LOGS}/tracking/init.log",
+    run:
+        from evomal.tracking import init_tracking
+
+        init_tracking(params.uri, wildcards.experiment, f"{RESULTS}/{wildcards.experiment}", out=output[0],
+                      log=log[0])
+
+
+rule track:
+    input:
+        population=f"{GEN_DIR}/population.json",
+        filter=f"{GEN_DIR}/filter.json",
+        table=f"{GEN_DIR}/fitness.tsv",
+        archive=f"{GEN_DIR}/archive.json",
+        run=f"{EXP_DIR}/tracking/run.json",
+    output:
+        f"{GEN_DIR}/tracked.json",
+    params:
+        uri=CFG["tracking_uri"],
+    resources:
+        mlflow=1,
+    log:
+        f"{LOGS}/tracking/gen_{{gen}}.log",
+    run:
+        from evomal.tracking import track_generation
+
+        track_generation(params.uri, wildcards.experiment, f"{RESULTS}/{wildcards.experiment}",
+                         int(wildcards.gen), out=output[0], log=log[0])
+
+
+rule track_results:
+    input:
+        # meta-test tables, transfer tables if the experiment has targets, the best loss of a search
+        unpack(lambda w: results_inputs(f"{RESULTS}/{w.experiment}", exp_of(w))),
+    output:
+        f"{EXP_DIR}/tracking/results.json",
+    params:
+        uri=CFG["tracking_uri"],
+    resources:
+        mlflow=1,
+    log:
+        f"{LOGS}/tracking/results.log",
+    run:
+        from evomal.tracking import track_results
+
+        track_results(params.uri, wildcards.experiment, f"{RESULTS}/{wildcards.experiment}", out=output[0],
+                      log=log[0])
