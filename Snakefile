@@ -1,6 +1,7 @@
 # EvoMAL: meta-learning symbolic loss functions (Raymond et al., TPAMI 2023) as a Snakemake workflow.
 # Quick start: `snakemake` (the default profile in profiles/default -> workflow/profiles/default sets cores,
 # in-process jobs and resumption). Rules are thin: each calls one function of the `evomal` package.
+import os
 import sys
 
 from snakemake.utils import min_version, validate
@@ -9,6 +10,9 @@ from snakemake.utils import min_version, validate
 sys.setrecursionlimit(max(sys.getrecursionlimit(), 100_000))
 
 min_version("9.0")
+
+# a research pipeline does not phone home (MLflow 3 sends usage telemetry unless told not to)
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 configfile: "config/config.yaml"

@@ -628,7 +628,7 @@ def load_loss(path: str | os.PathLike, *, trainable: bool = False,
     try:
         tree = from_json(doc["tree"])
         weights = [float(w) for w in doc["weights"]]
-        kind = doc["kind"]
+        kind = _check_kind(doc["kind"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: damaged loss file ({type(exc).__name__}: {exc})") from None
     if str(tree) != doc.get("expression"):

@@ -24,7 +24,19 @@ class ResultFileError(RuntimeError):
 
 
 def _repair_hint(path: Path) -> str:
-    return (f"delete {path} (or its generation folder) and run snakemake again to recompute it")
+    """How to recompute a damaged or missing file (docs/faults.md).
+
+    Deleting a file alone is not enough: Snakemake does not recreate a missing intermediate file whose
+    downstream outputs exist, so the file is named as a target. Per-candidate files are no Snakemake
+    outputs; the generation's shard manifests are deleted so its per-candidate stages run again.
+    """
+    if len(path.parts) >= 3 and path.parts[-3] == "candidates":
+        gen_dir = path.parents[2]
+        return (f"to repair it, delete {path} and the folder {gen_dir / 'shards'}, then run "
+                f"`snakemake --force {gen_dir / 'fitness.tsv'}` (the generation's stages run again, reuse every "
+                "intact candidate file and recompute the deleted one) and then `snakemake`")
+    return (f"to repair it, delete {path}, then run `snakemake {path}` (recomputes it) and then `snakemake` "
+            "(reruns what depends on it if it changed)")
 
 
 @functools.lru_cache(maxsize=1)
@@ -89,12 +101,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise ResultFileError(f"missing results file {path}") from None
+        raise ResultFileError(f"missing results file {path}; {_repair_hint(path)}") from None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        return json.loads(data.decode("utf-8"))  # write_json writes UTF-8, whatever the locale
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ResultFileError(f"corrupted results file {path}: not valid JSON ({exc}); "
                               f"{_repair_hint(path)}") from None
 
@@ -118,7 +130,7 @@ def read_tensors(path: str | os.PathLike) -> dict:
 
     path = Path(path)
     if not path.exists():
-        raise ResultFileError(f"missing results file {path}")
+        raise ResultFileError(f"missing results file {path}; {_repair_hint(path)}")
     try:
         # weights_only: a results folder from someone else must never execute code when opened
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -134,9 +146,13 @@ def write_tsv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
 def read_tsv(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
-        raise ResultFileError(f"missing results file {path}")
+        raise ResultFileError(f"missing results file {path}; {_repair_hint(path)}")
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):  # write_tsv ends every line; pandas would read half a row
+        raise ResultFileError(f"corrupted results file {path}: truncated (its last line is incomplete); "
+                              f"{_repair_hint(path)}")
     try:
-        return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])
+        return pd.read_csv(io.BytesIO(data), sep="\t", keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ResultFileError(f"corrupted results file {path}: not a valid table ({exc}); "
                               f"{_repair_hint(path)}") from None

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -441,6 +442,13 @@ def draw_loss_shapes(shapes: ShapeData, title: str = ""):
 
 
 # ---------------------------------------------------------------------- plot entry points (one per rule)
+def _record(out_path, stage: str, t0: float) -> None:
+    """Compute seconds of a report job, in ``report/timings/`` (for bench/bench_pipeline.py)."""
+    from .stages import record_seconds  # here: stages imports torch, reading results must not
+
+    record_seconds(out_path, stage, time.perf_counter() - t0)
+
+
 def _render(draw, path) -> None:
     with _DRAW_LOCK:
         _save_png(draw(), path)
@@ -449,22 +457,27 @@ def _render(draw, path) -> None:
 def plot_search(fitness_tables: Sequence[str | os.PathLike], fitness_png, decisions_png, *,
                 log: str | None = None) -> None:
     """Fitness per generation and filter decisions per generation of one search."""
+    t0 = time.perf_counter()
     table = read_generations(fitness_tables)
     _render(lambda: draw_fitness(fitness_by_generation(table)), fitness_png)
     _render(lambda: draw_decisions(decision_counts(table)), decisions_png)
     JobLog(log)(f"plotted {len(fitness_tables)} generations: {fitness_png}, {decisions_png}")
+    _record(fitness_png, "plot_search", t0)
 
 
 def plot_loss_shape(loss_paths: dict, out_png, *, log: str | None = None) -> None:
     """The learned losses (method -> best/loss.json) against the baseline loss."""
+    t0 = time.perf_counter()
     shapes = loss_shapes(loss_paths)
     _render(lambda: draw_loss_shapes(shapes), out_png)
     JobLog(log)(f"plotted {', '.join(loss_paths)}: {out_png}")
+    _record(out_png, "plot_loss_shape", t0)
 
 
 def plot_learning_curves(curves_json, out_png, *, per_seed_tsv=None, title: str = "",
                          log: str | None = None) -> None:
     """Meta-test or transfer learning curves, learned losses against the baseline."""
+    t0 = time.perf_counter()
     curves = read_curves(curves_json)
     metric = "validation metric"
     if per_seed_tsv is not None:
@@ -484,6 +497,7 @@ def plot_learning_curves(curves_json, out_png, *, per_seed_tsv=None, title: str 
 
     _render(draw, out_png)
     JobLog(log)(f"plotted {curves[['target', 'method', 'seed']].drop_duplicates().shape[0]} runs: {out_png}")
+    _record(out_png, f"plot_{Path(out_png).stem}", t0)
 
 
 # =========================================================================== summary
@@ -686,12 +700,15 @@ def write_summary(md_path, html_path=None, *, experiment: str, config=None, fitn
 
 def write_summary_from_inputs(inputs: dict, md_path, html_path, *, experiment: str, log: str | None = None):
     """write_summary with the named inputs of the Snakemake rule (keys as in report.smk's report_inputs)."""
+    t0 = time.perf_counter()
     plots = {name: inputs.get(name) for name in PLOT_FILES}
     keys = ("config", "best_loss", "loss_py", "meta_test", "meta_test_summary", "transfer", "transfer_summary")
-    return write_summary(md_path, html_path, experiment=experiment, plots=plots,
-                         fitness_tables=list(inputs.get("fitness_tables") or []),
-                         compared=list(inputs.get("compared") or []), log=log,
-                         **{k: inputs.get(k) for k in keys})
+    blocks = write_summary(md_path, html_path, experiment=experiment, plots=plots,
+                           fitness_tables=list(inputs.get("fitness_tables") or []),
+                           compared=list(inputs.get("compared") or []), log=log,
+                           **{k: inputs.get(k) for k in keys})
+    _record(md_path, "report", t0)
+    return blocks
 
 
 # =========================================================================== a whole folder

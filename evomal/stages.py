@@ -358,8 +358,8 @@ def gather_generation(filter_path, population_path, out_table, out_archive, *, g
                "generation_best": float(frame["fitness"].min()), "counts": counts,
                "seconds": time.perf_counter() - t0}
     record_seconds(out_table, "gather", summary["seconds"])
-    line = (f"[gen {generation}] best so far {summary['best_so_far'] if best else 'none'}"
-            f" | {summary['best_expression'] or '-'} | "
+    best_text = "none yet" if best is None else f"{summary['best_so_far']:.4f}"
+    line = (f"[gen {generation}] best so far {best_text} | {summary['best_expression'] or '-'} | "
             + ", ".join(f"{d} {counts.get(d, 0)}" for d in DECISIONS if counts.get(d, 0)))
     JobLog(log, echo=True)(line)
     return summary
@@ -378,6 +378,7 @@ def select_best(archive_path, results_dir, out_path, *, exp: dict, log: str | No
     cdir = candidate_dir(Path(results_dir) / f"gen_{best['generation']}", best["id"])
     loss = load_loss(cdir / "loss.json")
     opt = files.read_tensors(cdir / "optimized.pt")
+    failpoint("best")
     save_loss(out_path, parse(best["expression"]), loss.kind, opt["weights"], id=best["id"],
               generation=best["generation"], fitness=files.number(best["fitness"]), method=exp["method"])
     JobLog(log, echo=True)(f"best loss {best['id']} (fitness {best['fitness']}): {best['expression']}")
@@ -462,6 +463,7 @@ def transfer_stage(loss_paths: dict, out_table, out_summary, out_curves, *, exp:
         rows += r
         curves.update({f"{name}/{k}": v for k, v in c.items()})
     frame = pd.DataFrame(rows, columns=PER_SEED_COLUMNS)
+    failpoint("transfer")
     files.write_tsv(out_table, frame)
     files.write_tsv(out_summary, summarize(frame))
     files.write_json(out_curves, {"curves": curves})

@@ -53,8 +53,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import files
+from .faults import failpoint
 from .joblog import JobLog
-from .stages import DECISIONS
+from .stages import DECISIONS, candidate_dir
 
 #: Bump when what is logged changes: every run's digest then differs and is logged again.
 TRACKING_VERSION = 1
@@ -67,7 +68,6 @@ GENERATION_TAG = "evomal.generation"
 RESULTS_DIR_TAG = "evomal.results_dir"
 SEARCH_ID_TAG = "evomal.search_id"
 RESULTS_DIGEST_TAG = "evomal.results_digest"
-RESULTS_METRICS_TAG = "evomal.results_metrics"
 CONFIG_CONFLICT_TAG = "evomal.config_changed"
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
@@ -228,9 +228,34 @@ def ensure_store(tracking_uri: str) -> str:
     path = _sqlite_path(uri)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            _create_sqlite_store(uri, path)
     with backend_errors(uri, "creating the store"):
         make_client(uri).search_experiments(max_results=1)
     return uri
+
+
+def _create_sqlite_store(uri: str, path: Path) -> None:
+    """A new sqlite store is created and migrated under a temporary name, then linked into place.
+
+    MLflow's migrations take seconds and commit table by table: a run killed meanwhile would leave a
+    half-migrated database that every later run fails to open ("table ... already exists"). Killed
+    here, it leaves a stray ``.mlflow.db.*.tmp`` beside it instead, and the next run starts afresh.
+    """
+    import os
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)  # an empty file is an empty sqlite database
+    try:
+        tmp_uri = f"sqlite:///{tmp}" + (f"?{uri.split('?', 1)[1]}" if "?" in uri else "")
+        with backend_errors(uri, "creating the store"):
+            make_client(tmp_uri).search_experiments(max_results=1)
+        try:
+            os.link(tmp, path)  # never replaces a store that another process created meanwhile
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
 
 
 # --------------------------------------------------------------------------- small pure helpers
@@ -381,7 +406,7 @@ def _write_artifacts(client, run_id: str, artifacts: dict[str, Path | bytes], ar
 
 
 def _log(client, run_id: str, payload: Payload, *, timestamp: int, params: dict[str, str],
-         digest_tag: str = DIGEST_TAG, finish: bool = True) -> None:
+         digest_tag: str = DIGEST_TAG) -> None:
     """Artifacts, then one log_batch (metrics, params, tags), with the completion digest last."""
     from mlflow.entities import Param, RunTag
 
@@ -396,14 +421,24 @@ def _log(client, run_id: str, payload: Payload, *, timestamp: int, params: dict[
     client.log_batch(run_id, metrics=metrics, params=plist, tags=tags + [mark] if single else tags)
     if not single:
         client.set_tag(run_id, digest_tag, payload.digest)
-    if finish:
-        client.set_terminated(run_id, "FINISHED")
+    client.set_terminated(run_id, "FINISHED")
 
 
 def _metrics(points: list[tuple[str, float, int]], timestamp: int) -> list:
     from mlflow.entities import Metric
 
     return [Metric(k, float(v), timestamp, int(step)) for k, v, step in points]
+
+
+def _new_points(client, run, points: list[tuple[str, float, int]]) -> list[tuple[str, float, int]]:
+    """The points a run does not hold yet (same key, step and value), for relogging changed content
+    with a new timestamp without repeating the unchanged values."""
+    held: dict[str, set] = {}
+    for key in {k for k, _, step in points if step != 0 or k not in run.data.metrics}:
+        held[key] = {(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)}
+    for key, value in run.data.metrics.items():  # step-0 scalars: the latest value suffices
+        held.setdefault(key, set()).add((0, value))
+    return [(k, v, step) for k, v, step in points if (step, float(v)) not in held.get(k, ())]
 
 
 def _complete(run, digest: str, digest_tag: str = DIGEST_TAG) -> bool:
@@ -416,17 +451,6 @@ def _changed(run, digest: str, digest_tag: str = DIGEST_TAG) -> bool:
 
 
 # --------------------------------------------------------------------------- a generation's content
-def _curve_points(curve) -> list[tuple[int, float, float]]:
-    """fitness.json curve: (step, mean training loss, validation metric) triples (evomal.learn.train)."""
-    points = []
-    for p in curve or []:
-        if isinstance(p, dict):
-            points.append((int(p["step"]), p.get("loss"), p.get("val", p.get("metric"))))
-        else:
-            points.append((int(p[0]), p[1], p[2] if len(p) > 2 else None))
-    return points
-
-
 def _candidate_metrics(row: dict, frec: dict, optimized: dict | None, fit_doc: dict | None,
                        metric_name: str) -> list[tuple[str, float, int]]:
     out: list[tuple[str, float, int]] = []
@@ -437,14 +461,16 @@ def _candidate_metrics(row: dict, frec: dict, optimized: dict | None, fit_doc: d
             out.append((key, x, int(step)))
 
     add("fitness", row["fitness"])
-    add("seconds/local_search", row.get("local_search_seconds"))
-    add("seconds/fitness", row.get("fitness_seconds"))
+    timings = (fit_doc or {}).get("timings") or {}
+    add("seconds/local_search", timings.get("local_search"))
+    add("seconds/fitness", timings.get("fitness"))
     add("rejection_improvement", frec.get("rejection_improvement"))
     if optimized is not None:
         for step, value in enumerate(optimized.get("curve") or []):
             add("meta_train/val_loss", value, step)
     if fit_doc is not None:
-        for step, loss, val in _curve_points(fit_doc.get("curve")):
+        # (step, mean training loss since the previous point, validation metric): evomal.learn.train
+        for step, loss, val in fit_doc.get("curve") or []:
             add("train/loss", loss, step)
             add(f"train/val_{metric_name}", val, step)
     return out
@@ -474,17 +500,18 @@ def loss_shape_png(expression: str, kind: str, weights, *, title: str = "") -> b
     FigureCanvasAgg(fig)
     # fixed margins: tight_layout costs more than the rest of the plot
     ax = fig.add_axes((0.16, 0.15, 0.8, 0.75))
+    # the key goes into the axis label: a legend box costs half as much again as the whole plot
     if kind == "classification":
         f = torch.linspace(0.001, 0.999, 120, dtype=torch.float64)
-        ax.plot(f.numpy(), curve(1.0, f), label="true class (y=1)")
-        ax.plot(f.numpy(), curve(0.0, f), "--", label="other class (y=0)")
-        ax.set_xlabel("predicted probability f", fontsize=8)
-        ax.legend(fontsize=7, loc="upper center", framealpha=0.6)  # "best" searches: slow
+        ax.plot(f.numpy(), curve(1.0, f))
+        ax.plot(f.numpy(), curve(0.0, f), "--")
+        ax.set_xlabel("predicted probability f of a class", fontsize=8)
+        ax.set_ylabel("loss (solid: true class y=1, dashed: y=0)", fontsize=7)
     else:
         f = torch.linspace(-3.0, 3.0, 120, dtype=torch.float64)
         ax.plot(f.numpy(), curve(0.0, f))
         ax.set_xlabel("residual f - y (at y = 0)", fontsize=8)
-    ax.set_ylabel("loss", fontsize=8)
+        ax.set_ylabel("loss", fontsize=8)
     ax.set_title(_clip(title, 60), fontsize=7)
     ax.tick_params(labelsize=7)
     for axis in (ax.xaxis, ax.yaxis):  # text is most of the drawing time: few tick labels
@@ -543,7 +570,7 @@ def _metric_name(kind: str | None) -> str:
 
 
 def _candidate_paths(gen_dir: Path, cand_id: str) -> tuple[Path, Path, Path]:
-    cdir = gen_dir / "candidates" / cand_id
+    cdir = candidate_dir(gen_dir, cand_id)
     return cdir / "loss.json", cdir / "fitness.json", cdir / "optimized.pt"
 
 
@@ -626,8 +653,19 @@ def generation_summary(rows: list[dict], archive: dict | None) -> dict[str, floa
         out["best_so_far"] = float(best["fitness"])
     for d in DECISIONS:
         out[f"count/{d}"] = float(sum(r["decision"] == d for r in rows))
-    for col, key in (("local_search_seconds", "seconds/local_search"), ("fitness_seconds", "seconds/fitness")):
-        out[key] = float(sum(_finite(r.get(col)) or 0.0 for r in rows))
+    return out
+
+
+def stage_seconds(folder: Path) -> dict[str, float]:
+    """``seconds/<stage>`` from the compute timings the stages record in ``<folder>/timings/``."""
+    out = {}
+    for path in sorted((folder / "timings").glob("*.json")):
+        doc = files.read_json(path)
+        x = _finite(doc.get("seconds"))
+        if x is not None:
+            out[f"seconds/{doc.get('stage', path.stem)}"] = x
+    if out:
+        out["seconds/total"] = sum(out.values())
     return out
 
 
@@ -674,7 +712,7 @@ def _candidate_runs(client, exp_id: str, pipeline_id: str, generation: int) -> d
 
 
 def _generation_payload(rows: list[dict], archive: dict | None, gen_dir: Path, generation: int) -> Payload:
-    summary = generation_summary(rows, archive)
+    summary = {**generation_summary(rows, archive), **stage_seconds(gen_dir)}
     ranked = sorted((files.number(r["fitness"]), r["id"]) for r in rows if _text(r["fitness"]))
     best_id = ranked[0][1] if ranked and math.isfinite(ranked[0][0]) else ""
     return Payload(params={"generation": str(generation), "population": str(len(rows))},
@@ -720,6 +758,7 @@ def track_generation(tracking_uri: str, experiment_name: str, exp_dir: str | Pat
             what = _sync_candidate(client, exp_id, _keep_one(client, existing.get(key, [])), digest,
                                    {PARENT_TAG: gid, PIPELINE_TAG: pid}, build)
             done[what] += 1
+            failpoint("track")  # after a logged candidate: a resumed job must not log it twice
         for key, runs in existing.items():
             if key not in wanted:  # the individual is gone from the files (generation recomputed)
                 for run in runs:
@@ -727,12 +766,18 @@ def track_generation(tracking_uri: str, experiment_name: str, exp_dir: str | Pat
                     done["deleted"] += 1
         gen_payload = _generation_payload(rows, archive, gen_dir, generation)
         if not _complete(gen_run, gen_payload.digest):
-            # a complete run with other content: the current time makes the new values the latest
-            changed = _changed(gen_run, gen_payload.digest)
             progress = [(f"search/{k}", v, generation) for k, v, _ in gen_payload.metrics if k in PROGRESS]
-            client.log_batch(pid, metrics=_metrics(progress, _now_ms() if changed else pipeline.info.start_time))
+            if _changed(gen_run, gen_payload.digest):
+                # completed once with other content (recomputed): only the new values, at the current
+                # time so that they are the latest
+                stamp = gen_stamp = _now_ms()
+                progress = _new_points(client, pipeline, progress)
+                gen_payload.metrics = _new_points(client, gen_run, gen_payload.metrics)
+            else:  # first time, or finishing an interrupted job: the store drops repeated points
+                stamp, gen_stamp = pipeline.info.start_time, gen_run.info.start_time
+            client.log_batch(pid, metrics=_metrics(progress, stamp))
             todo, _ = _new_params(gen_run.data.params, gen_payload.params)
-            _log(client, gid, gen_payload, timestamp=_now_ms() if changed else gen_run.info.start_time, params=todo)
+            _log(client, gid, gen_payload, timestamp=gen_stamp, params=todo)
     result = {"tracking_uri": uri, "experiment": experiment_name, "experiment_id": exp_id,
               "pipeline_run_id": pid, "generation_run_id": gid, "generation": generation,
               "candidates": len(rows), **done, "seconds": round(time.perf_counter() - t0, 3)}
@@ -744,16 +789,34 @@ def track_generation(tracking_uri: str, experiment_name: str, exp_dir: str | Pat
 
 
 # --------------------------------------------------------------------------- the pipeline run
-def init_tracking(tracking_uri: str, experiment_name: str, exp_dir: str | Path, *,
-                  out: str | Path | None = None, log: str | None = None) -> dict:
-    """Create the store and the search's pipeline run (with the experiment's config as params).
+def _log_config(client, run, config: dict, say: Callable[..., None]) -> None:
+    """The experiment's resolved config as params (flattened) and as the artifact config.yaml.
 
-    Run by one job before any parallel tracking job. Params are immutable: a config value that
-    changed since the run was created is not relogged; its key is listed in the tag
-    ``evomal.config_changed`` and the current config.yaml is uploaded as an artifact.
+    Params are immutable: a value that changed since the run was created keeps its first value; its
+    key is added to the tag ``evomal.config_changed`` and config.yaml shows the current config.
     """
+    import yaml
     from mlflow.entities import Param, RunTag
 
+    wanted = {k: _clip(v, MAX_PARAM_LENGTH) for k, v in flatten(config).items()}
+    todo, conflicts = _new_params(run.data.params, wanted)
+    if not todo and not conflicts:  # as logged already
+        return
+    previous = set(filter(None, run.data.tags.get(CONFIG_CONFLICT_TAG, "").split(",")))
+    tags = [RunTag(CONFIG_CONFLICT_TAG, ",".join(sorted(previous | set(conflicts))))] if conflicts else []
+    if conflicts:
+        say(f"config changed since the run was created (params keep the first values): {', '.join(conflicts)}")
+    _write_artifacts(client, run.info.run_id, {"config.yaml": yaml.safe_dump(config, sort_keys=False).encode()})
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in todo.items()], tags=tags)
+
+
+def init_tracking(tracking_uri: str, experiment_name: str, exp_dir: str | Path, *, config: dict | None = None,
+                  out: str | Path | None = None, log: str | None = None) -> dict:
+    """Create the store and the search's pipeline run, with ``config`` (the experiment's resolved
+    config) as params. Run by one job before any other tracking job of the experiment."""
+    from .stages import record_seconds
+
+    t0 = time.perf_counter()
     say = JobLog(log, prefix="tracking init: ")
     uri = resolve_uri(tracking_uri)
     exp_dir = Path(exp_dir)
@@ -761,26 +824,15 @@ def init_tracking(tracking_uri: str, experiment_name: str, exp_dir: str | Path, 
         ensure_store(uri)
         client = make_client(uri)
         run = client.get_run(pipeline_run(client, experiment_name, exp_dir))
-        config_path = exp_dir / "config.yaml"
-        if config_path.exists():
-            import yaml
-
-            config = yaml.safe_load(config_path.read_text()) or {}
-            wanted = {k: _clip(v, MAX_PARAM_LENGTH) for k, v in flatten(config).items()}
-            todo, conflicts = _new_params(run.data.params, wanted)
-            previous = run.data.tags.get(CONFIG_CONFLICT_TAG, "")
-            tags = {CONFIG_CONFLICT_TAG: ",".join(sorted(set(filter(None, previous.split(","))) | set(conflicts)))}
-            if conflicts:
-                say(f"config changed since the run was created (kept the first values): {', '.join(conflicts)}")
-            _write_artifacts(client, run.info.run_id, {"config.yaml": config_path})
-            client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in todo.items()],
-                             tags=[RunTag(k, v) for k, v in tags.items() if v])
+        if config is not None:
+            _log_config(client, run, config, say)
     result = {"tracking_uri": uri, "configured_uri": tracking_uri, "experiment": experiment_name,
               "experiment_id": run.info.experiment_id, "run_id": run.info.run_id,
               "results_dir": str(exp_dir.resolve())}
     say(f"pipeline run {run.info.run_id} in experiment {experiment_name} ({uri})")
     if out is not None:
         files.write_json(out, result)
+        record_seconds(out, "tracking_init", time.perf_counter() - t0)  # tracking/timings/, not exp timings
     return result
 
 
@@ -806,10 +858,14 @@ def _results_metrics(table, summary, prefix: str) -> list[tuple[str, float, int]
     return out
 
 
+def experiment_record(config: dict, experiment: str) -> dict:
+    """An experiment's resolved config as logged on its pipeline run (the content of its config.yaml)."""
+    return {"device": config["device"], "shards": config["shards"], **config["experiments"][experiment]}
+
+
 def results_inputs(exp_dir: str, exp: dict) -> dict[str, str]:
-    """Input files of the track_results rule for an experiment's resolved config ``exp``."""
-    inputs = {"run": f"{exp_dir}/tracking/run.json", "meta_test": f"{exp_dir}/meta_test.tsv",
-              "meta_test_summary": f"{exp_dir}/meta_test_summary.tsv"}
+    """Result files the track_results rule reads, for an experiment's resolved config ``exp``."""
+    inputs = {"meta_test": f"{exp_dir}/meta_test.tsv", "meta_test_summary": f"{exp_dir}/meta_test_summary.tsv"}
     if exp["transfer"]:
         inputs.update(transfer=f"{exp_dir}/transfer.tsv", transfer_summary=f"{exp_dir}/transfer_summary.tsv")
     if exp["method"] != "baseline":  # a search: its best loss is logged too
@@ -836,10 +892,11 @@ def _best_loss_tags(best_path: Path) -> dict[str, str]:
             "best.formula": best.get("formula", "")}
 
 
-def track_results(tracking_uri: str, experiment_name: str, exp_dir: str | Path, *,
+def track_results(tracking_uri: str, experiment_name: str, exp_dir: str | Path, *, config: dict | None = None,
                   out: str | Path | None = None, log: str | None = None) -> dict:
     """Log meta-test and transfer results (per seed and method, and summaries) and the best loss on
-    the pipeline run; the tables are uploaded as artifacts under ``results/``."""
+    the pipeline run; the tables are uploaded as artifacts under ``results/``. ``config``, the
+    current resolved config, is recorded as in init_tracking (it may have changed since)."""
     t0 = time.perf_counter()
     say = JobLog(log, prefix="track results: ")
     uri = resolve_uri(tracking_uri)
@@ -850,6 +907,7 @@ def track_results(tracking_uri: str, experiment_name: str, exp_dir: str | Path, 
     for prefix in ("meta_test", "transfer"):
         points += _results_metrics(_read_optional_tsv(exp_dir / f"{prefix}.tsv"),
                                    _read_optional_tsv(exp_dir / f"{prefix}_summary.tsv"), prefix)
+    points += [(k, v, 0) for k, v in stage_seconds(exp_dir).items()]
     best_path = exp_dir / "best" / "loss.json"
     tags = _best_loss_tags(best_path) if best_path.exists() else {}
     if _finite(tags.get("best.fitness")) is not None:
@@ -860,17 +918,16 @@ def track_results(tracking_uri: str, experiment_name: str, exp_dir: str | Path, 
         check_reachable(uri)
         client = make_client(uri)
         run = client.get_run(pipeline_run(client, experiment_name, exp_dir))
+        if config is not None:
+            _log_config(client, run, config, say)
         state = "unchanged"
         if not _complete(run, payload.digest, RESULTS_DIGEST_TAG):
             payload.artifacts = {f"results/{n}": p for n, p in tables.items()}
             if best_path.exists():
                 payload.artifacts.update(_best_loss_artifacts(best_path))
             changed = _changed(run, payload.digest, RESULTS_DIGEST_TAG)
-            # a rerun meta-test with equal metrics (only its timings differ) adds no metric points
-            metrics_digest = _digest(points)
-            if run.data.tags.get(RESULTS_METRICS_TAG) == metrics_digest:
-                payload.metrics = []
-            payload.tags[RESULTS_METRICS_TAG] = metrics_digest
+            if changed:  # e.g. a rerun meta-test: only values that differ get a new (latest) point
+                payload.metrics = _new_points(client, run, payload.metrics)
             _log(client, run.info.run_id, payload, timestamp=_now_ms() if changed else run.info.start_time,
                  params={}, digest_tag=RESULTS_DIGEST_TAG)
             state = "updated" if changed else "created"

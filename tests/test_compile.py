@@ -30,14 +30,6 @@ from evomal.primitives import CONSTANTS, PRIMITIVES, TERMINALS
 CE = "mul(-1, mul(y, log(f)))"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: extra threads only add contention on a shared machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def random_tree(rng: random.Random, height: int, grow: bool = True) -> Node:
     """Ramped-half-and-half style random tree of at most ``height``, repaired to hold y and f."""

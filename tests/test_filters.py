@@ -4,9 +4,7 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
-from evomal.data import load_task
 from evomal.expressions import parse
 from evomal.filters import gradient_signature, rejection_test, signature_is_valid, signatures_match
 from evomal.models import build_model
@@ -14,22 +12,7 @@ from evomal.models import build_model
 CE = "mul(-1, mul(y, log(f)))"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_task("digits", seed=0)
-
-
-@pytest.fixture(scope="module")
-def diabetes():
-    return load_task("diabetes", seed=0)
 
 
 def run(expression, task, **kw):

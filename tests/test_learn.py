@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from evomal.compile import CompiledLoss, FrozenLoss, baseline_loss, compile_expression, initial_weights
-from evomal.data import load_task
 from evomal.devices import derive_seed, generator_for, make_generator, resolve_device
 from evomal.expressions import parse
 from evomal.learn import (
@@ -27,22 +26,7 @@ CE = "mul(-1, mul(y, log(f)))"
 SETTINGS = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4, batch_size=64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_task("digits", seed=0)
-
-
-@pytest.fixture(scope="module")
-def diabetes():
-    return load_task("diabetes", seed=0)
 
 
 def small_mlp(task, seed=0, hidden=(32,)):

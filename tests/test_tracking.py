@@ -29,7 +29,7 @@ from evomal import files, tracking
 from evomal.compile import save_loss
 from evomal.expressions import parse
 from evomal.search import init_population
-from evomal.stages import PER_SEED_COLUMNS, candidate_dir, gather_generation
+from evomal.stages import PER_SEED_COLUMNS, candidate_dir, gather_generation, record_seconds
 from evomal.statistics import summarize
 
 EXPERIMENT = "digits-test"
@@ -80,7 +80,8 @@ def make_generation(exp_dir: Path, generation: int, *, size: int = 12, kind: str
         records.append(rec)
     counts = {d: sum(r["decision"] == d for r in records) for d in tracking.DECISIONS}
     files.write_json(gen_dir / "filter.json", {"generation": generation, "shards": 2, "counts": counts,
-                                               "candidates": records, "seconds": 0.1})
+                                               "candidates": records})
+    record_seconds(gen_dir / "filter.json", "filter", 1.5)
     prev = exp_dir / f"gen_{generation - 1}" / "archive.json"
     gather_generation(gen_dir / "filter.json", gen_dir / "population.json", gen_dir / "fitness.tsv",
                       gen_dir / "archive.json", generation=generation,
@@ -118,6 +119,7 @@ def make_results(exp_dir: Path) -> None:
     for name, part in (("meta_test", frame[frame.target == "digits/mlp"]), ("transfer", frame[frame.target != "digits/mlp"])):
         files.write_tsv(exp_dir / f"{name}.tsv", part)
         files.write_tsv(exp_dir / f"{name}_summary.tsv", summarize(part))
+    record_seconds(exp_dir / "meta_test.tsv", "meta_test", 3.0)
     tree = parse("mul(-1, mul(y, log(f)))")
     save_loss(exp_dir / "best" / "loss.json", tree, "classification", [1.0, 1.0, 1.0, 1.0, 1.0],
               id="g0-000", generation=0, fitness=0.05, method="evomal")
@@ -152,9 +154,10 @@ def gen(templates):
 def exp_dir(tmp_path) -> Path:
     d = tmp_path / "results" / EXPERIMENT
     (d).mkdir(parents=True)
-    files.atomic_write_bytes(d / "config.yaml", b"experiment: digits-test\nmethod: evomal\nseed: 0\n"
-                                                b"search: {population: 25, generations: 2}\n")
     return d
+
+
+CONFIG = {"method": "evomal", "seed": 0, "dataset": "digits", "search": {"population": 25, "generations": 2}}
 
 
 @pytest.fixture
@@ -180,7 +183,7 @@ def _all_runs(uri, view="ALL"):
 
 
 def _track_all(uri, exp_dir, generations=(0, 1)):
-    tracking.init_tracking(uri, EXPERIMENT, exp_dir, out=exp_dir / "tracking" / "run.json")
+    tracking.init_tracking(uri, EXPERIMENT, exp_dir, config=CONFIG, out=exp_dir / "tracking" / "run.json")
     return [tracking.track_generation(uri, EXPERIMENT, exp_dir, g) for g in generations]
 
 
@@ -496,19 +499,23 @@ def test_uris_and_rule_inputs(tmp_path, monkeypatch):
     assert tracking.resolve_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
     assert tracking.resolve_uri("http://h:5000") == "http://h:5000"
     exp = {"transfer": [], "method": "baseline"}
-    assert set(tracking.results_inputs("results/x", exp)) == {"run", "meta_test", "meta_test_summary"}
+    assert set(tracking.results_inputs("results/x", exp)) == {"meta_test", "meta_test_summary"}
     exp = {"transfer": [{"dataset": "wine"}], "method": "evomal"}
     assert set(tracking.results_inputs("results/x", exp)) >= {"transfer", "transfer_summary", "best"}
     assert tracking.flatten({"a": {"b": 1, "c": [1, 2]}, "d": "x"}) == {"a.b": "1", "a.c": "[1, 2]", "d": "x"}
 
 
 def test_changed_config_keeps_first_params(exp_dir, sqlite_uri):
-    first = tracking.init_tracking(sqlite_uri, EXPERIMENT, exp_dir)
-    files.atomic_write_bytes(exp_dir / "config.yaml", b"method: evomal\nseed: 1\nsearch: {generations: 9}\n")
-    again = tracking.init_tracking(sqlite_uri, EXPERIMENT, exp_dir)  # params are immutable: no error
-    assert again["run_id"] == first["run_id"]
-    run = _client(sqlite_uri).get_run(first["run_id"])
+    first = tracking.init_tracking(sqlite_uri, EXPERIMENT, exp_dir, config=CONFIG)
+    make_results(exp_dir)
+    changed = {**CONFIG, "seed": 1, "search": {"population": 25, "generations": 9}}
+    res = tracking.track_results(sqlite_uri, EXPERIMENT, exp_dir, config=changed)  # immutable params: no error
+    assert res["pipeline_run_id"] == first["run_id"]
+    client = _client(sqlite_uri)
+    run = client.get_run(first["run_id"])
     assert run.data.params["seed"] == "0" and run.data.tags[tracking.CONFIG_CONFLICT_TAG] == "search.generations,seed"
+    path = client.download_artifacts(first["run_id"], "config.yaml", str(exp_dir.parent / "dl"))
+    assert "generations: 9" in Path(path).read_text()  # the artifact shows the current config
 
 
 def test_missing_database_is_reported_not_created(tmp_path):
@@ -528,3 +535,18 @@ def test_rerun_meta_test_with_equal_results_adds_no_points(exp_dir, sqlite_uri):
     history = _client(sqlite_uri).get_metric_history(first["pipeline_run_id"],
                                                      "meta_test/digits/mlp/evomal/test_error_rate")
     assert len(history) == 3
+
+
+def test_recomputed_stage_timings_add_only_the_new_values(gen, exp_dir, sqlite_uri):
+    """`snakemake --forceall` reuses candidate files, so only stage timings change."""
+    gen(exp_dir, 0)
+    res = _track_all(sqlite_uri, exp_dir, generations=(0,))[0]
+    record_seconds(exp_dir / "gen_0" / "filter.json", "filter", 2.5)
+    again = tracking.track_generation(sqlite_uri, EXPERIMENT, exp_dir, 0)
+    assert again["unchanged"] == 12 and again["generation_run_id"] == res["generation_run_id"]
+    client = _client(sqlite_uri)
+    gid = res["generation_run_id"]
+    assert [m.value for m in client.get_metric_history(gid, "seconds/filter")] == [1.5, 2.5]
+    assert client.get_run(gid).data.metrics["seconds/filter"] == 2.5
+    assert len(client.get_metric_history(gid, "best")) == 1
+    assert len(client.get_metric_history(res["pipeline_run_id"], "search/best")) == 1

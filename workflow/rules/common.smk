@@ -2,6 +2,7 @@
 import json
 
 from evomal.config import resolve_config
+from evomal.files import read_json
 from evomal.report import PLOT_FILES, SUMMARY_HTML, SUMMARY_MD
 from evomal.stages import active_shards
 
@@ -54,8 +55,8 @@ def previous_archive(wildcards):
 def evaluated_shards(wildcards):
     """Only shards that received candidates become jobs: known once the filter checkpoint ran."""
     filter_json = checkpoints.filter.get(**wildcards).output[0]
-    with open(filter_json) as fh:
-        shards = active_shards(json.load(fh))
+    # read_json: a damaged filter.json is reported by name, with how to repair it
+    shards = active_shards(read_json(filter_json))
     return [gen_path(wildcards.experiment, wildcards.gen, f"shards/evaluate_{s}.json") for s in shards]
 
 

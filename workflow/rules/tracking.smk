@@ -2,8 +2,13 @@
 # Nothing but `rule all` consumes these outputs, so a failing tracking backend never blocks or deletes
 # compute: the job raises an error naming the tracking URI, Snakemake (keep-going) finishes the compute
 # and exits non-zero listing the tracking jobs, and the next run catches up (runs are found by tags and
-# updated, never duplicated). The tracking URI is a param: changing it re-tracks everything to the new
-# backend. `resources: mlflow=1` (a global resource of 1 in the profiles) keeps sqlite writers serial.
+# updated, never duplicated). `resources: mlflow=1` (a global resource of 1 in the profiles) keeps
+# sqlite writers serial.
+#
+# What re-runs what: the tracking URI is a param of tracking_init, which has no input, so a new URI
+# re-runs it and, through run.json, every tracking job (the new backend gets the whole search). A config
+# change must not re-track finished generations (raising `generations` extends a run), so the config
+# is handed to the functions as an argument, not as a param or an input.
 from evomal.tracking import results_inputs
 
 
@@ -14,8 +19,6 @@ localrules:
 
 
 rule tracking_init:
-    input:
-        f"{EXP_DIR}/config.yaml",
     output:
         f"{EXP_DIR}/tracking/run.json",
     params:
@@ -25,10 +28,10 @@ rule tracking_init:
     log:
         f"{LOGS}/tracking/init.log",
     run:
-        from evomal.tracking import init_tracking
+        from evomal.tracking import experiment_record, init_tracking
 
-        init_tracking(params.uri, wildcards.experiment, f"{RESULTS}/{wildcards.experiment}", out=output[0],
-                      log=log[0])
+        init_tracking(params.uri, wildcards.experiment, f"{RESULTS}/{wildcards.experiment}",
+                      config=experiment_record(CFG, wildcards.experiment), out=output[0], log=log[0])
 
 
 rule track:
@@ -57,6 +60,7 @@ rule track_results:
     input:
         # meta-test tables, transfer tables if the experiment has targets, the best loss of a search
         unpack(lambda w: results_inputs(f"{RESULTS}/{w.experiment}", exp_of(w))),
+        run=f"{EXP_DIR}/tracking/run.json",
     output:
         f"{EXP_DIR}/tracking/results.json",
     params:
@@ -66,7 +70,7 @@ rule track_results:
     log:
         f"{LOGS}/tracking/results.log",
     run:
-        from evomal.tracking import track_results
+        from evomal.tracking import experiment_record, track_results
 
-        track_results(params.uri, wildcards.experiment, f"{RESULTS}/{wildcards.experiment}", out=output[0],
-                      log=log[0])
+        track_results(params.uri, wildcards.experiment, f"{RESULTS}/{wildcards.experiment}",
+                      config=experiment_record(CFG, wildcards.experiment), out=output[0], log=log[0])
