@@ -261,6 +261,8 @@ def bench_overhead(args) -> str:
              ]), "", "Compute seconds per stage kind:", "",
              md_table(["stage kind", "jobs", "seconds", "share", "slowest job"], rows), ""]
     lines += overhead_explanation(ratio, wall, total, startup, cp, args.cores, unrecorded)
+    if args.note:
+        lines += [args.note, ""]
     return "\n".join(lines)
 
 
@@ -273,13 +275,18 @@ def overhead_explanation(ratio, wall, total, startup, cp, cores, unrecorded) -> 
            f"- Snakemake start-up (one process: `import torch`, MLflow, config validation, DAG of the whole "
            f"search): {startup:.1f} s wall = {startup * cores:.1f} core-seconds ({100 * start_share:.0f}% of "
            "the idle time) in which no job can run.",
-           f"- Serial stretches of the DAG: the critical path is {cp:.1f} s against compute / cores = "
-           f"{total / cores:.1f} s ({'+' if gap >= 0 else ''}{gap:.1f} s): even with free start-up and "
-           f"scheduling the wall could not drop below {max(cp, total / cores):.1f} s, so about {serial:.1f} core-seconds "
-           "of waiting are structural (population, filter and gather of each generation are one "
-           "job each; with 2 shards the slower shard of each per-candidate stage holds the other core; the "
-           "meta-test and the transfer are one job each). The tracking jobs of earlier generations fill some "
-           "of those gaps, so this is an upper bound.",
+           (f"- Serial stretches of the DAG: the critical path is {cp:.1f} s against compute / cores = "
+            f"{total / cores:.1f} s: even with free start-up and scheduling the wall could not drop below "
+            f"{cp:.1f} s, so about {serial:.1f} core-seconds of waiting are structural (population, filter and "
+            "gather of each generation are one job each; the slower shard of each per-candidate stage holds "
+            "the other core; meta-test and transfer are one job each). Tracking jobs fill some of those gaps, "
+            "so this is an upper bound." if gap > 0 else
+            f"- Serial stretches of the DAG: the critical path ({cp:.1f} s) is no longer than compute / cores "
+            f"({total / cores:.1f} s), so the dependencies alone would not bound the wall at this size: "
+            "tracking jobs and the other shard can fill the serial stages (population, filter, gather, and "
+            "the single-job meta-test / transfer). In practice the filter job (SymPy canonical forms and the "
+            "rejection protocol, one job per generation) and the gaps between dependent jobs leave a core "
+            "idle now and then, which is part of the remainder below."),
            "- The rest: Snakemake's scheduling between jobs (about 20 ms each, DESIGN 3.1), in-process job "
            "dispatch, and the jobs that write no timing file (" +
            (", ".join(sorted(unrecorded)) or "none") + "; each takes milliseconds, they read and write a "
@@ -414,7 +421,14 @@ def bench_scaling(args) -> str:
         f"({snakemake_env_note()}).", "",
         md_table(["population", "shards", "rc", "evaluated (both gens)", "wall s", "start-up s",
                   "**s per generation**", "compute s per generation", "s per evaluated candidate",
-                  "(wall - start-up) x cores / compute"], rows), ""])
+                  "(wall - start-up) x cores / compute"], rows), "",
+        "Reading: with these tiny per-candidate settings a generation computes for a few seconds, so its serial "
+        "parts weigh heavily: the filter job (SymPy canonical forms, rejection protocol) runs alone, and a "
+        "generation is a chain of six dependent jobs (population -> filter -> compile -> optimize -> evaluate "
+        "-> gather), each scheduled only when the previous one finished. The last column (2 = one core busy on "
+        "average) shows how far a generation is from keeping both cores busy. How the seconds grow with the "
+        "population depends on how many candidates the filters let through (column `evaluated`); the two "
+        "rows with population 25 compare one shard (one core for the per-candidate stages) with two.", ""])
 
 
 # --------------------------------------------------------------------------- reference
@@ -492,6 +506,7 @@ def main(argv=None) -> None:
     p.add_argument("--hidden", default="1000,1000", help="MLP hidden sizes of the throughput runs")
     p.add_argument("--generations", type=int, default=10, help="generations of the filter-savings search")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    p.add_argument("--note", default="", help="overhead: a paragraph added to the section")
     p.add_argument("--reuse", action="store_true", help="overhead: re-render the tables of the last run in --workdir")
     args = p.parse_args(argv)
     args.hidden = [int(h) for h in args.hidden.split(",") if h]
@@ -500,6 +515,9 @@ def main(argv=None) -> None:
         title, fn = SECTIONS[w]
         rest = [a for a in (sys.argv[1:] if argv is None else argv)
                 if a not in SECTIONS and a not in ("all", "--reuse")]
+        if "--note" in rest:
+            i = rest.index("--note")
+            del rest[i:i + 2]
         args.command = "python bench/bench_pipeline.py " + " ".join([w, *rest])
         section = fn(args)
         print(section, flush=True)

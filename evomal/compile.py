@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .files import atomic_write_bytes
 from .expressions import Node, from_json, parse, to_json
 from .primitives import CONSTANTS, EPS, PRIMITIVES, VARIABLES
 
@@ -587,25 +587,10 @@ def loss_document(tree: Node, kind: str, weights: Tensor | Sequence[float], **ex
     return doc
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_loss(path: str | os.PathLike, tree: Node, kind: str, weights: Tensor | Sequence[float], **extra) -> dict:
     """Write a loss file (JSON, atomically) and return its content. ``extra`` fields are stored as given."""
     doc = loss_document(tree, kind, weights, **extra)
-    _atomic_write_text(Path(path), json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    atomic_write_bytes(path, (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode())
     return doc
 
 
@@ -636,13 +621,3 @@ def load_loss(path: str | os.PathLike, *, trainable: bool = False,
     loss = CompiledLoss(tree, kind, torch.tensor(weights, dtype=torch.float32), trainable=trainable)
     loss.info = {k: v for k, v in doc.items() if k not in _RESERVED}
     return loss if device is None else loss.to(device)
-
-
-def standalone_source(tree: Node, kind: str, weights: Sequence[float] | Tensor) -> str:
-    """A self-contained Python module (needs only torch) that defines ``loss(output, target)``.
-
-    It is the very code that :class:`FrozenLoss` runs.
-    """
-    compiled = compile_frozen_loss(tree, kind, weights)
-    return (f'"""Loss learned by evomal (EvoMAL), {kind}.\n\nExpression: {tree}\n'
-            f'Edge weights: {list(compiled.weights)}\n"""\nimport torch\n\n\n' + compiled.source)

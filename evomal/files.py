@@ -14,9 +14,11 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 
 class ResultFileError(RuntimeError):
@@ -139,11 +141,13 @@ def read_tensors(path: str | os.PathLike) -> dict:
                               f"({type(exc).__name__}: {exc}); {_repair_hint(path)}") from None
 
 
-def write_tsv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
+def write_tsv(path: str | os.PathLike, frame: "pd.DataFrame") -> None:
     atomic_write_bytes(path, frame.to_csv(sep="\t", index=False, lineterminator="\n").encode())
 
 
-def read_tsv(path: str | os.PathLike) -> pd.DataFrame:
+def read_tsv(path: str | os.PathLike) -> "pd.DataFrame":
+    import pandas as pd  # lazily: loss files are read where pandas is not wanted (evomal.load_loss)
+
     path = Path(path)
     if not path.exists():
         raise ResultFileError(f"missing results file {path}; {_repair_hint(path)}")

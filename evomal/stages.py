@@ -41,6 +41,13 @@ def _device(device_spec: str):
     return resolve_device(device_spec)
 
 
+def _learning_setup(exp: dict, device: str):
+    """Device, task (memoised per process), seed -> network factory, and the base training settings."""
+    dev = _device(device)
+    task = load_task_for(exp["dataset"], seed=exp["seed"], device=dev)
+    return dev, task, model_factory(exp["model"], task, dev), TrainingSettings.from_config(exp["training"])
+
+
 def _candidate_seed(exp: dict, cand_id: str) -> int:
     return derive_rng(exp["seed"], "weights", cand_id).getrandbits(31)
 
@@ -120,10 +127,7 @@ def filter_population(population_path, out_path, *, exp: dict, shards: int, devi
     by_key = {e["key"]: e for e in archive}
     signed = [e for e in archive if e.get("signature") is not None and e["decision"] == "evaluate"]
 
-    dev = _device(device)
-    task = load_task_for(exp["dataset"], seed=exp["seed"], device=dev)
-    build = model_factory(exp["model"], task, dev)
-    settings = TrainingSettings.from_config(exp["training"])
+    dev, task, build, settings = _learning_setup(exp, device)
 
     records: list[dict] = []
     seen: dict[str, dict] = {}
@@ -238,10 +242,7 @@ def optimize_shard(filter_path, shard: int, manifest_path, *, exp: dict, device:
     from .compile import load_loss
     from .learn import unrolled_local_search
 
-    dev = _device(device)
-    task = load_task_for(exp["dataset"], seed=exp["seed"], device=dev)
-    build = model_factory(exp["model"], task, dev)
-    settings = TrainingSettings.from_config(exp["training"])
+    dev, task, build, settings = _learning_setup(exp, device)
     ls = exp["local_search"]
 
     def work(rec, gen_dir, say):
@@ -278,20 +279,18 @@ def evaluate_shard(filter_path, shard: int, manifest_path, *, exp: dict, device:
     from .compile import load_loss
     from .learn import fitness
 
-    dev = _device(device)
-    task = load_task_for(exp["dataset"], seed=exp["seed"], device=dev)
-    build = model_factory(exp["model"], task, dev)
-    settings = TrainingSettings.from_config(exp["training"])
+    dev, task, build, settings = _learning_setup(exp, device)
 
     def work(rec, gen_dir, say):
         cdir = candidate_dir(gen_dir, rec["id"])
         out = cdir / "fitness.json"
-        fp = files.fingerprint(files.file_digest(cdir / "optimized.pt"), files.file_digest(cdir / "loss.json"),
+        opt = files.read_tensors(cdir / "optimized.pt")
+        # the learned weights, not the file: optimized.pt also holds wall-clock seconds
+        fp = files.fingerprint(opt["weights"].tolist(), files.file_digest(cdir / "loss.json"),
                                exp["training"], exp["dataset"], exp["model"], exp["seed"])
         if not recompute and out.exists() and files.read_json(out).get("fingerprint") == fp:
             return True
         loss = load_loss(cdir / "loss.json").to(dev)
-        opt = files.read_tensors(cdir / "optimized.pt")
         loss.weights.data.copy_(opt["weights"].to(dev))
         r = fitness(loss, task, build(exp["seed"]), steps=settings.steps, seed=exp["seed"],
                     **settings.optimizer_kwargs())

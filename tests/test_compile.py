@@ -22,7 +22,6 @@ from evomal.compile import (
     loss_value,
     prepare,
     save_loss,
-    standalone_source,
 )
 from evomal.expressions import Node, parse, repair, to_sympy
 from evomal.primitives import CONSTANTS, PRIMITIVES, TERMINALS
@@ -266,15 +265,6 @@ def test_load_loss_reports_damaged_files(tmp_path):
         load_loss(path)
     with pytest.raises(ValueError, match="non-finite"):
         save_loss(tmp_path / "x.json", parse("add(y, f)"), "regression", [1.0, math.nan])
-
-
-def test_standalone_source_needs_only_torch():
-    tree = parse(CE)
-    w = initial_weights(tree, seed=5, noise=0.1)
-    namespace: dict = {}
-    exec(standalone_source(tree, "classification", w), namespace)
-    out, target = torch.randn(16, 4), torch.randint(0, 4, (16,))
-    torch.testing.assert_close(namespace["loss"](out, target), CompiledLoss(tree, "classification", w)(out, target))
 
 
 def test_prepare_shapes():
