@@ -3,12 +3,12 @@
     python bench/bench_quality.py                      # run every task, print the tables, write docs
     python bench/bench_quality.py --tasks digits       # one task (digits, diabetes, fashion)
     python bench/bench_quality.py --report-only        # tables from finished runs in --workdir, no training
-    python bench/bench_quality.py --size medium        # larger searches (about twice the time)
+    python bench/bench_quality.py --size small         # smaller searches (about 12 minutes)
 
 Each task is one `snakemake` run of a config written here (into --workdir, a scratch folder; the
 repository's results/ is never touched). An EvoMAL experiment names its GP-LFL twin in `compare`, so both
 learned losses are meta-tested against the baseline (CE / MSE) in one table, with the same seeds, the
-same initialisations and the same batch order. Sizes are CPU-sized (see SETTINGS below and the section
+same initialisations and the same batch order. Sizes are CPU-sized (see SIZES below and the section
 this writes): far smaller searches than the paper's, so read the numbers as a check of the pipeline on
 real data, not as a reproduction.
 
@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import (DOC, REPO, fmt, md_table, read_tsv, run_snakemake, write_section,  # noqa: E402
-                            write_yaml)
+from bench_pipeline import DOC, fmt, md_table, read_tsv, run_snakemake, write_section, write_yaml  # noqa: E402
 
 SEEDS = [0, 1, 2, 3, 4]
 
@@ -76,7 +74,7 @@ SIZES = {
             meta_test_steps=2000, eval_every=1000, gplfl=False)),
     },
 }
-SETTINGS = SIZES["small"]
+SETTINGS = SIZES["medium"]
 
 
 def task_config(task: str) -> dict:
@@ -141,7 +139,7 @@ def verdict(rows: list[list[str]]) -> list[str]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="digits,diabetes,fashion")
-    p.add_argument("--size", default="small", choices=sorted(SIZES), help="settings of the searches (SIZES)")
+    p.add_argument("--size", default="medium", choices=sorted(SIZES), help="settings of the searches (SIZES)")
     p.add_argument("--workdir", default=None, help="scratch folder (default /tmp/evomal-bench/quality-<size>)")
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--device", default="auto", help="device of every job (auto, cpu, cuda)")
