@@ -66,9 +66,11 @@ def write_experiment_config(out_path, *, experiment: str, config: dict, log: str
     """The resolved config of one experiment, as it ran (DESIGN §3)."""
     import yaml
 
+    t0 = time.perf_counter()
     doc = {"experiment": experiment, "device": config["device"], "shards": config["shards"],
            "tracking_uri": config["tracking_uri"], **config["experiments"][experiment]}
     files.atomic_write_bytes(out_path, yaml.safe_dump(doc, sort_keys=False).encode())
+    record_seconds(out_path, "experiment_config", time.perf_counter() - t0)
     JobLog(log)(f"wrote {out_path}")
 
 
@@ -369,6 +371,7 @@ def select_best(archive_path, results_dir, out_path, *, exp: dict, log: str | No
     """The best evaluated loss of the whole search, with its meta-learned weights."""
     from .compile import load_loss, save_loss
 
+    t0 = time.perf_counter()
     archive = files.read_json(archive_path)
     best = archive.get("best")
     if best is None:
@@ -380,6 +383,7 @@ def select_best(archive_path, results_dir, out_path, *, exp: dict, log: str | No
     failpoint("best")
     save_loss(out_path, parse(best["expression"]), loss.kind, opt["weights"], id=best["id"],
               generation=best["generation"], fitness=files.number(best["fitness"]), method=exp["method"])
+    record_seconds(out_path, "best", time.perf_counter() - t0)
     JobLog(log, echo=True)(f"best loss {best['id']} (fitness {best['fitness']}): {best['expression']}")
 
 
