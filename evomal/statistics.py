@@ -35,6 +35,8 @@ def summarize(per_seed: pd.DataFrame, baseline: str = "baseline") -> pd.DataFram
             vals = g.set_index("seed")["test_metric"]
             finite = np.isfinite(vals.to_numpy(float)).all()  # a diverged seed is inf: no spread to report
             std = float(vals.std(ddof=1)) if len(vals) > 1 and finite else math.nan
+            if finite and vals.nunique() == 1:
+                std = 0.0 if len(vals) > 1 else math.nan  # no spread, not rounding noise of the mean
             row = {"target": target, "method": method, "n": len(vals), "mean": float(vals.mean()), "std": std,
                    "baseline_mean": math.nan, "mean_difference": math.nan, "t_statistic": math.nan,
                    "p_value": math.nan, "wins": 0, "losses": 0}
