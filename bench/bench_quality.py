@@ -48,31 +48,26 @@ def _pair(name: str, dataset, model, *, population: int, generations: int, meta_
 
 #: size -> task -> (main experiment, experiments). "small": about 12 minutes on a busy 2-core machine
 #: (Fashion-MNIST's LeNet-5 meta-test is most of it); "medium": about 20-25 minutes.
+def _mlp_tasks(population: int, generations: int) -> dict:
+    """digits and diabetes with the same MLP search, each with its GP-LFL twin."""
+    return {task: (f"q-{task}-mlp", _pair(f"q-{task}-mlp", task, MLP, population=population,
+                                          generations=generations, meta_steps=100, training=TRAIN_MLP,
+                                          meta_test_steps=3000, eval_every=500, gplfl=True))
+            for task in ("digits", "diabetes")}
+
+
+def _fashion_task(population: int, generations: int, meta_steps: int, steps: int, eval_every: int) -> dict:
+    name = "q-fashion-mnist-lenet5"
+    return {"fashion": (name, _pair(
+        name, {"name": "fashion_mnist", "train_size": 5000}, "lenet5", population=population,
+        generations=generations, meta_steps=meta_steps,
+        training={"steps": steps, "lr": 0.01, "momentum": 0.9, "batch_size": 128},
+        meta_test_steps=2000, eval_every=eval_every, gplfl=False))}
+
+
 SIZES = {
-    "small": {
-        "digits": ("q-digits-mlp", _pair("q-digits-mlp", "digits", MLP, population=16, generations=6,
-                                         meta_steps=100, training=TRAIN_MLP, meta_test_steps=3000, eval_every=500,
-                                         gplfl=True)),
-        "diabetes": ("q-diabetes-mlp", _pair("q-diabetes-mlp", "diabetes", MLP, population=16, generations=6,
-                                             meta_steps=100, training=TRAIN_MLP, meta_test_steps=3000,
-                                             eval_every=500, gplfl=True)),
-        "fashion": ("q-fashion-mnist-lenet5", _pair(
-            "q-fashion-mnist-lenet5", {"name": "fashion_mnist", "train_size": 5000}, "lenet5", population=10,
-            generations=3, meta_steps=30, training={"steps": 200, "lr": 0.01, "momentum": 0.9, "batch_size": 128},
-            meta_test_steps=2000, eval_every=500, gplfl=False)),
-    },
-    "medium": {
-        "digits": ("q-digits-mlp", _pair("q-digits-mlp", "digits", MLP, population=25, generations=10,
-                                         meta_steps=100, training=TRAIN_MLP, meta_test_steps=3000, eval_every=500,
-                                         gplfl=True)),
-        "diabetes": ("q-diabetes-mlp", _pair("q-diabetes-mlp", "diabetes", MLP, population=25, generations=10,
-                                             meta_steps=100, training=TRAIN_MLP, meta_test_steps=3000,
-                                             eval_every=500, gplfl=True)),
-        "fashion": ("q-fashion-mnist-lenet5", _pair(
-            "q-fashion-mnist-lenet5", {"name": "fashion_mnist", "train_size": 5000}, "lenet5", population=12,
-            generations=5, meta_steps=50, training={"steps": 300, "lr": 0.01, "momentum": 0.9, "batch_size": 128},
-            meta_test_steps=2000, eval_every=1000, gplfl=False)),
-    },
+    "small": {**_mlp_tasks(16, 6), **_fashion_task(10, 3, meta_steps=30, steps=200, eval_every=500)},
+    "medium": {**_mlp_tasks(25, 10), **_fashion_task(12, 5, meta_steps=50, steps=300, eval_every=1000)},
 }
 SETTINGS = SIZES["medium"]
 

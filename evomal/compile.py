@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .files import atomic_write_bytes
 from .expressions import Node, from_json, parse, to_json
+from .files import atomic_write_bytes
 from .primitives import CONSTANTS, EPS, PRIMITIVES, VARIABLES
 
 KINDS = ("classification", "regression")

@@ -170,12 +170,11 @@ def write_torch_source(loss_json_path: str | os.PathLike, out_path: str | os.Pat
     import time
 
     from .joblog import JobLog
-    from .stages import record_seconds
 
     t0 = time.perf_counter()
     source = export_torch_source(loss_json_path)
     compile(source, str(out_path), "exec")
     files.atomic_write_bytes(out_path, source.encode())
     JobLog(log)(f"exported {loss_json_path} -> {out_path}")
-    record_seconds(out_path, "export_loss", time.perf_counter() - t0)
+    files.record_seconds(out_path, "export_loss", time.perf_counter() - t0)
     return source

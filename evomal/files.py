@@ -169,3 +169,11 @@ def fingerprint(*parts: Any) -> str:
 
 def file_digest(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def record_seconds(output_path, stage: str, seconds: float) -> None:
+    """Compute seconds of a job, beside its output in ``timings/`` (kept out of the result files so those
+    are identical whenever they are recomputed); the pipeline benchmark adds them up."""
+    out = Path(output_path)
+    folder = out.parent.parent if out.parent.name == "shards" else out.parent
+    write_json(folder / "timings" / f"{stage}.json", {"stage": stage, "seconds": seconds})

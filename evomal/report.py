@@ -444,9 +444,7 @@ def draw_loss_shapes(shapes: ShapeData, title: str = ""):
 # ---------------------------------------------------------------------- plot entry points (one per rule)
 def _record(out_path, stage: str, t0: float) -> None:
     """Compute seconds of a report job, in ``report/timings/`` (for bench/bench_pipeline.py)."""
-    from .stages import record_seconds  # here: stages imports torch, reading results must not
-
-    record_seconds(out_path, stage, time.perf_counter() - t0)
+    files.record_seconds(out_path, stage, time.perf_counter() - t0)
 
 
 def _render(draw, path) -> None:

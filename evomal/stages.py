@@ -16,6 +16,7 @@ from . import files
 from .context import TrainingSettings, load_task_for, model_factory, use_threads
 from .expressions import ExpressionError, parse
 from .faults import failpoint
+from .files import record_seconds
 from .joblog import JobLog
 from .search import Individual, breed, derive_rng, init_population
 
@@ -50,15 +51,6 @@ def _learning_setup(exp: dict, device: str):
 
 def _candidate_seed(exp: dict, cand_id: str) -> int:
     return derive_rng(exp["seed"], "weights", cand_id).getrandbits(31)
-
-
-# --------------------------------------------------------------------------- timings
-def record_seconds(output_path, stage: str, seconds: float) -> None:
-    """Compute seconds of a job, beside its output in ``timings/`` (kept out of the result files so those
-    are identical whenever they are recomputed); the pipeline benchmark adds them up."""
-    out = Path(output_path)
-    folder = out.parent.parent if out.parent.name == "shards" else out.parent
-    files.write_json(folder / "timings" / f"{stage}.json", {"stage": stage, "seconds": seconds})
 
 
 # --------------------------------------------------------------------------- run record
@@ -369,7 +361,7 @@ def gather_generation(filter_path, population_path, out_table, out_archive, *, g
 # --------------------------------------------------------------------------- best loss
 def select_best(archive_path, results_dir, out_path, *, exp: dict, log: str | None = None) -> None:
     """The best evaluated loss of the whole search, with its meta-learned weights."""
-    from .compile import load_loss, save_loss
+    from .compile import save_loss
 
     t0 = time.perf_counter()
     archive = files.read_json(archive_path)
@@ -378,10 +370,10 @@ def select_best(archive_path, results_dir, out_path, *, exp: dict, log: str | No
         raise RuntimeError(f"{archive_path}: no candidate of the search reached a finite fitness; "
                            "nothing to meta-test (see the generations' fitness.tsv for the reasons)")
     cdir = candidate_dir(Path(results_dir) / f"gen_{best['generation']}", best["id"])
-    loss = load_loss(cdir / "loss.json")
+    kind = files.read_json(cdir / "loss.json")["kind"]
     opt = files.read_tensors(cdir / "optimized.pt")
     failpoint("best")
-    save_loss(out_path, parse(best["expression"]), loss.kind, opt["weights"], id=best["id"],
+    save_loss(out_path, parse(best["expression"]), kind, opt["weights"], id=best["id"],
               generation=best["generation"], fitness=files.number(best["fitness"]), method=exp["method"])
     record_seconds(out_path, "best", time.perf_counter() - t0)
     JobLog(log, echo=True)(f"best loss {best['id']} (fitness {best['fitness']}): {best['expression']}")

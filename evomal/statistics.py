@@ -34,9 +34,10 @@ def summarize(per_seed: pd.DataFrame, baseline: str = "baseline") -> pd.DataFram
         for method, g in group.groupby("method", sort=False):
             vals = g.set_index("seed")["test_metric"]
             finite = np.isfinite(vals.to_numpy(float)).all()  # a diverged seed is inf: no spread to report
-            std = float(vals.std(ddof=1)) if len(vals) > 1 and finite else math.nan
-            if finite and vals.nunique() == 1:
-                std = 0.0 if len(vals) > 1 else math.nan  # no spread, not rounding noise of the mean
+            if len(vals) < 2 or not finite:
+                std = math.nan
+            else:  # identical seeds have no spread, not the rounding noise of their mean
+                std = 0.0 if vals.nunique() == 1 else float(vals.std(ddof=1))
             row = {"target": target, "method": method, "n": len(vals), "mean": float(vals.mean()), "std": std,
                    "baseline_mean": math.nan, "mean_difference": math.nan, "t_statistic": math.nan,
                    "p_value": math.nan, "wins": 0, "losses": 0}

@@ -814,7 +814,6 @@ def init_tracking(tracking_uri: str, experiment_name: str, exp_dir: str | Path, 
                   out: str | Path | None = None, log: str | None = None) -> dict:
     """Create the store and the search's pipeline run, with ``config`` (the experiment's resolved
     config) as params. Run by one job before any other tracking job of the experiment."""
-    from .stages import record_seconds
 
     t0 = time.perf_counter()
     say = JobLog(log, prefix="tracking init: ")
@@ -832,7 +831,7 @@ def init_tracking(tracking_uri: str, experiment_name: str, exp_dir: str | Path, 
     say(f"pipeline run {run.info.run_id} in experiment {experiment_name} ({uri})")
     if out is not None:
         files.write_json(out, result)
-        record_seconds(out, "tracking_init", time.perf_counter() - t0)  # tracking/timings/, not exp timings
+        files.record_seconds(out, "tracking_init", time.perf_counter() - t0)  # tracking/timings/, not exp timings
     return result
 
 

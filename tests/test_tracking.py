@@ -29,7 +29,8 @@ from evomal import files, tracking
 from evomal.compile import save_loss
 from evomal.expressions import parse
 from evomal.search import init_population
-from evomal.stages import PER_SEED_COLUMNS, candidate_dir, gather_generation, record_seconds
+from evomal.files import record_seconds
+from evomal.stages import PER_SEED_COLUMNS, candidate_dir, gather_generation
 from evomal.statistics import summarize
 
 EXPERIMENT = "digits-test"

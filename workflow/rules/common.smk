@@ -1,6 +1,4 @@
 # Config resolution, paths and input functions shared by the stage rules.
-import json
-
 from evomal.config import resolve_config
 from evomal.files import read_json
 from evomal.report import PLOT_FILES, SUMMARY_HTML, SUMMARY_MD
