@@ -18,7 +18,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 configfile: "config/config.yaml"
 
 
-from evomal.locks import clear_stale_locks, record_lock_owner
+from evomal.pipeline.locks import clear_stale_locks, record_lock_owner
 
 if (dead := clear_stale_locks()) is not None:
     print(f"evomal: removed the locks of a killed run (pid {dead}); resuming", file=sys.stderr)

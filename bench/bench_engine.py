@@ -1,4 +1,4 @@
-"""Benchmark of the learning engine (evomal.compile / learn / filters), one run, same inputs throughout.
+"""Benchmark of the learning engine (evomal.losses.compile / learn / filters), one run, same inputs throughout.
 
     python bench/bench_engine.py            # reference sizes, writes the "Engine" section of docs/benchmarks.md
     python bench/bench_engine.py --quick    # smaller counts, a smoke run
@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from evomal.compile import CompiledLoss, FrozenLoss, baseline_loss, compile_expression, initial_weights
-from evomal.data import load_task
-from evomal.devices import resolve_device
-from evomal.expressions import parse
-from evomal.filters import gradient_signature, rejection_test
-from evomal.learn import fitness, meta_gradient, unrolled_local_search
-from evomal.models import build_model, reinitialize
+from evomal.losses.compile import CompiledLoss, FrozenLoss, baseline_loss, compile_expression, initial_weights
+from evomal.tasks.datasets import load_task
+from evomal.learning.devices import resolve_device
+from evomal.gp.expressions import parse
+from evomal.learning.filters import gradient_signature, rejection_test
+from evomal.learning.training import fitness, meta_gradient, unrolled_local_search
+from evomal.tasks.models import build_model, reinitialize
 
 CE = "mul(-1, mul(y, log(f)))"
 DEEP = ("add(mul(aq(y, sub(f, -1)), log(add(f, sqrt(square(y))))), "

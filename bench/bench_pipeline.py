@@ -10,7 +10,7 @@
 
 Every run is a real `snakemake --cores N` (the workflow's default profile: in-process jobs) in a scratch
 folder (--workdir), never in the repository's results/. Compute seconds come from the files every job
-writes (`<gen or exp dir>/timings/<stage>.json`, evomal.files.record_seconds; the tracking jobs' own
+writes (`<gen or exp dir>/timings/<stage>.json`, evomal.core.files.record_seconds; the tracking jobs' own
 `seconds` in gen_<g>/tracked.json and tracking/results.json). Each subcommand prints a markdown table and
 replaces its own section of docs/benchmarks.md (with the command that produced it); --no-write skips that.
 """

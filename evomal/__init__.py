@@ -6,7 +6,7 @@ For people who only want the result::
     loss_fn = evomal.load_loss("results/digits-mlp/best/loss.json")   # an nn.Module
     loss = loss_fn(model(x), y)                                       # logits / outputs, targets
 
-Heavy modules (torch) load on first use, so ``import evomal.config`` stays cheap for Snakemake.
+Heavy modules (torch) load on first use, so ``import evomal.pipeline.config`` stays cheap for Snakemake.
 """
 __version__ = "0.1.0"
 
@@ -15,11 +15,11 @@ __all__ = ["load_loss", "CompiledLoss", "parse", "__version__"]
 
 def __getattr__(name):
     if name in ("load_loss", "CompiledLoss"):
-        from . import compile as _compile
+        from evomal.losses import compile as _compile
 
         return getattr(_compile, name)
     if name == "parse":
-        from .expressions import parse
+        from evomal.gp.expressions import parse
 
         return parse
     raise AttributeError(f"module 'evomal' has no attribute {name!r}")

@@ -12,7 +12,7 @@ import math
 import sys
 from pathlib import Path
 
-from . import files
+from evomal.core import files
 
 DEFAULT_RESULTS = "results"
 
@@ -28,14 +28,14 @@ def is_experiment_dir(path: Path) -> bool:
 
 
 def _config(exp_dir: Path) -> dict:
-    from .report import _read_yaml
+    from evomal.results.report import _read_yaml
 
     return _read_yaml(exp_dir / "config.yaml") if (exp_dir / "config.yaml").exists() else {}
 
 
 def _best_fitness(exp_dir: Path, tables: list[Path]) -> float | None:
     """The best loss's fitness once selected, else the best finite fitness of the generations so far."""
-    from .report import read_generations
+    from evomal.results.report import read_generations
 
     if (exp_dir / "best" / "loss.json").exists():
         value = files.read_json(exp_dir / "best" / "loss.json").get("fitness")
@@ -50,7 +50,7 @@ def _best_fitness(exp_dir: Path, tables: list[Path]) -> float | None:
 
 def experiment_status(exp_dir: Path) -> dict:
     """One row of ``evomal show``: method, generations done / configured, best fitness, stages done."""
-    from .report import SUMMARY_MD, _fmt, generation_tables
+    from evomal.results.report import SUMMARY_MD, _fmt, generation_tables
 
     config = _config(exp_dir)
     method = config.get("method", "?")
@@ -71,7 +71,7 @@ def experiment_status(exp_dir: Path) -> dict:
 def list_experiments(results_dir: Path) -> str:
     import pandas as pd
 
-    from .report import to_text
+    from evomal.results.report import to_text
 
     if not results_dir.is_dir():
         raise CLIError(f"no results folder {results_dir} (run snakemake first, or pass --results-dir)")
@@ -95,7 +95,7 @@ def _section(title: str, body: str) -> str:
 
 def describe_experiment(exp_dir: Path) -> str:
     """The text of ``evomal show results/<experiment>``."""
-    from .report import (DECISION_LABELS, _component_name, _fmt, _share, filter_savings, generation_tables,
+    from evomal.results.report import (DECISION_LABELS, _component_name, _fmt, _share, filter_savings, generation_tables,
                          method_table, read_generations, to_text)
 
     config = _config(exp_dir)

@@ -21,13 +21,13 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def digits():
-    from evomal.data import load_task
+    from evomal.tasks.datasets import load_task
 
     return load_task("digits", seed=0)
 
 
 @pytest.fixture(scope="session")
 def diabetes():
-    from evomal.data import load_task
+    from evomal.tasks.datasets import load_task
 
     return load_task("diabetes", seed=0)

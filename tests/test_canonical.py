@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from evomal.canonical import CanonicalKey, canonical_key, structural_key
-from evomal.expressions import parse
+from evomal.gp.canonical import CanonicalKey, canonical_key, structural_key
+from evomal.gp.expressions import parse
 
 EQUAL = [
     ("add(y, f)", "add(f, y)"),
@@ -115,7 +115,7 @@ def test_all_different_functions_get_distinct_keys():
 
 
 def test_logs_of_products_can_be_kept_whole():
-    # At y = 0 (one-hot targets) the protected forms of these two differ; see evomal.canonical.
+    # At y = 0 (one-hot targets) the protected forms of these two differ; see evomal.gp.canonical.
     whole = canonical_key  # the default
     assert whole("log(mul(y, f))") != whole("add(log(y), log(f))")
     assert whole("log(mul(y, f))") == whole("log(mul(f, y))") == whole("log(abs(mul(-1, mul(f, y))))")
@@ -158,7 +158,7 @@ def test_large_expressions_are_bounded():
 
 
 def test_random_population_is_fast_enough():
-    from evomal.search import init_population
+    from evomal.gp.operators import init_population
 
     pop = init_population(25, seed=123, init_height=(2, 6), max_height=10)
     canonical_key("log(abs(add(y, f)))")  # warm SymPy's lazy imports
@@ -170,7 +170,7 @@ def test_random_population_is_fast_enough():
 
 _SUBPROCESS = """
 import json, sys
-from evomal.canonical import canonical_key
+from evomal.gp.canonical import canonical_key
 exprs = json.loads(sys.stdin.read())
 # reverse order: a different SymPy cache history must not change any key
 print(json.dumps([canonical_key(e).key for e in reversed(exprs)][::-1]))
@@ -178,7 +178,7 @@ print(json.dumps([canonical_key(e).key for e in reversed(exprs)][::-1]))
 
 
 def test_keys_are_deterministic_across_processes():
-    from evomal.search import init_population
+    from evomal.gp.operators import init_population
 
     exprs = [e for pair in EQUAL + EQUAL_SPLIT_LOGS + DIFFERENT for e in pair]
     exprs += [ind.expression for ind in init_population(40, seed=9, init_height=(2, 5), max_height=10)]

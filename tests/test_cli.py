@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from evomal import cli, files
+from evomal import cli
+from evomal.core import files
 from test_report import make_results  # noqa: E402 - the synthetic results folder of the report tests
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evomal.compile import (
+from evomal.losses.compile import (
     CompiledLoss,
     FrozenLoss,
     baseline_loss,
@@ -23,8 +23,8 @@ from evomal.compile import (
     prepare,
     save_loss,
 )
-from evomal.expressions import Node, parse, repair, to_sympy
-from evomal.primitives import CONSTANTS, PRIMITIVES, TERMINALS
+from evomal.gp.expressions import Node, parse, repair, to_sympy
+from evomal.gp.primitives import CONSTANTS, PRIMITIVES, TERMINALS
 
 CE = "mul(-1, mul(y, log(f)))"
 

@@ -1,4 +1,4 @@
-"""Tests of evomal.data: offline datasets, splits, preprocessing and the file-format parsers."""
+"""Tests of evomal.tasks.datasets: offline datasets, splits, preprocessing and the file-format parsers."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from evomal import data, downloads
-from evomal.data import load_task
+from evomal.tasks import datasets as data
+from evomal.tasks import downloads
+from evomal.tasks.datasets import load_task
 
 OFFLINE_CLASSIFICATION = ["digits", "breast_cancer", "wine", "iris"]
 POOLED = OFFLINE_CLASSIFICATION + ["diabetes"]  # no official test split

@@ -6,8 +6,8 @@ import random
 import pytest
 import torch
 
-from evomal.expressions import ExpressionError, Node, from_json, parse, repair, replace_at, to_json, to_sympy
-from evomal.primitives import EPS, PRIMITIVES, TERMINALS
+from evomal.gp.expressions import ExpressionError, Node, from_json, parse, repair, replace_at, to_json, to_sympy
+from evomal.gp.primitives import EPS, PRIMITIVES, TERMINALS
 
 
 def random_tree(rng: random.Random, height: int) -> Node:

@@ -24,10 +24,14 @@ import pandas as pd
 import pytest
 import torch
 
-from evomal import cli, data, faults, files, locks
-from evomal.compile import load_loss, save_loss
-from evomal.config import ConfigError, resolve_config
-from evomal.expressions import parse
+from evomal import cli
+from evomal.tasks import datasets as data
+from evomal.pipeline import faults
+from evomal.core import files
+from evomal.pipeline import locks
+from evomal.losses.compile import load_loss, save_loss
+from evomal.pipeline.config import ConfigError, resolve_config
+from evomal.gp.expressions import parse
 from workflow_utils import (REPO, SNAKEFILE, SNAKEMAKE, candidate_fitness, contract_files, snakemake,
                             tiny_config, write_config)
 
@@ -119,8 +123,8 @@ def mlflow_runs(workdir: Path, view: str = "active") -> list:
 
 def assert_mlflow_has_no_duplicates(workdir: Path) -> None:
     """One active run per tracking key (pipeline, generation, candidate), none deleted, and the tree
-    matches the result files (evomal.tracking.tracking_mismatches)."""
-    from evomal.tracking import tracking_mismatches
+    matches the result files (evomal.results.tracking.tracking_mismatches)."""
+    from evomal.results.tracking import tracking_mismatches
 
     runs = mlflow_runs(workdir)
     per_key = collections.Counter(r.data.tags.get("evomal.key") for r in runs)
@@ -229,7 +233,7 @@ KILL_STAGES = ["population", "filter", "optimize", "evaluate", "track", "meta_te
 def test_every_failpoint_stage_has_a_failpoint_call():
     """faults.STAGES names the stages with a failpoint; each must really call it somewhere."""
     calls = set()
-    for path in (REPO / "evomal").glob("*.py"):
+    for path in (REPO / "evomal").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "failpoint":
                 arg = node.args[0]
@@ -319,7 +323,7 @@ def test_a_crash_before_the_rename_leaves_no_partial_file(tmp_path, monkeypatch,
 def test_a_stage_crashing_mid_write_leaves_no_partial_output(reference, tmp_path, monkeypatch):
     """gather_generation writes fitness.tsv then archive.json: a crash in the second rename leaves
     the first complete and the second absent, never a half file."""
-    from evomal.stages import gather_generation
+    from evomal.pipeline.stages import gather_generation
 
     gen = copy_run(exp_dir(reference.workdir) / "gen_0", tmp_path / "gen_0")
     (gen / "fitness.tsv").unlink()
@@ -484,7 +488,7 @@ def _malicious_pt(path: Path, marker: Path) -> None:
 
 @pytest.mark.slow  # needs the files of a real run (the reference fixture)
 def test_a_malicious_pickle_is_refused_by_every_reader(reference, tmp_path, torch_threads):
-    from evomal.stages import evaluate_shard, select_best
+    from evomal.pipeline.stages import evaluate_shard, select_best
 
     marker = tmp_path / "code-was-executed"
     # the payload works: an unrestricted torch.load runs it (so the refusals below mean something)
@@ -553,7 +557,7 @@ def test_the_package_never_unpickles():
               "yaml.load", "yaml.unsafe_load", "yaml.full_load", "torch.jit.load", "marshal.loads",
               "shelve.open"}
     problems, torch_loads = [], 0
-    for path in sorted((REPO / "evomal").glob("*.py")):
+    for path in sorted((REPO / "evomal").rglob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -685,9 +689,9 @@ def test_a_generation_without_any_accepted_loss_still_breeds_the_next(tmp_path):
 def test_losses_that_overflow_or_give_nan_get_inf_fitness(tmp_path, torch_threads):
     """The evaluate stage: inf with the reason for each bad loss, and the generation still completes.
     (A loss without a gradient is rejected by the filter first: see ALL_REJECTED.)"""
-    from evomal.compile import initial_weights
-    from evomal.search import init_population
-    from evomal.stages import evaluate_shard, gather_generation
+    from evomal.losses.compile import initial_weights
+    from evomal.gp.operators import init_population
+    from evomal.pipeline.stages import evaluate_shard, gather_generation
 
     exp = fault_exp()
     gen = tmp_path / "gen_0"

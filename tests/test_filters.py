@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from evomal.expressions import parse
-from evomal.filters import gradient_signature, rejection_test, signature_is_valid, signatures_match
-from evomal.models import build_model
+from evomal.gp.expressions import parse
+from evomal.learning.filters import gradient_signature, rejection_test, signature_is_valid, signatures_match
+from evomal.tasks.models import build_model
 
 CE = "mul(-1, mul(y, log(f)))"
 

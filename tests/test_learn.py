@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from evomal.compile import CompiledLoss, FrozenLoss, baseline_loss, compile_expression, initial_weights
-from evomal.devices import derive_seed, generator_for, make_generator, resolve_device
-from evomal.expressions import parse
-from evomal.learn import (
+from evomal.losses.compile import CompiledLoss, FrozenLoss, baseline_loss, compile_expression, initial_weights
+from evomal.learning.devices import derive_seed, generator_for, make_generator, resolve_device
+from evomal.gp.expressions import parse
+from evomal.learning.training import (
     BatchSampler,
     differentiable_sgd,
     fitness,
@@ -20,7 +20,7 @@ from evomal.learn import (
     train,
     unrolled_local_search,
 )
-from evomal.models import build_model, reinitialize
+from evomal.tasks.models import build_model, reinitialize
 
 CE = "mul(-1, mul(y, log(f)))"
 SETTINGS = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4, batch_size=64)

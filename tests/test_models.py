@@ -1,4 +1,4 @@
-"""Tests of evomal.models: registry, deterministic initialisation, functional use and meta steps."""
+"""Tests of evomal.tasks.models: registry, deterministic initialisation, functional use and meta steps."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from evomal import models
-from evomal.models import build_model, list_models, reinitialize
+from evomal.tasks import models
+from evomal.tasks.models import build_model, list_models, reinitialize
 
 # Tiny widths for the big networks so that the whole file runs in seconds on a CPU.
 TINY = {

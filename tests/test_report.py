@@ -15,13 +15,15 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from evomal import files, report
-from evomal.compile import CompiledLoss, load_loss, save_loss
-from evomal.config import resolve_config
-from evomal.export import export_torch_source, write_torch_source
-from evomal.expressions import parse
-from evomal.stages import DECISIONS, PER_SEED_COLUMNS, TABLE_COLUMNS, write_experiment_config
-from evomal.statistics import summarize
+from evomal.core import files
+from evomal.results import report
+from evomal.losses.compile import CompiledLoss, load_loss, save_loss
+from evomal.pipeline.config import resolve_config
+from evomal.losses.export import export_torch_source, write_torch_source
+from evomal.gp.expressions import parse
+from evomal.pipeline.contract import DECISIONS, PER_SEED_COLUMNS, TABLE_COLUMNS
+from evomal.pipeline.stages import write_experiment_config
+from evomal.learning.statistics import summarize
 
 # Together these use all 12 primitives and all terminals.
 EXPRESSIONS = [
@@ -265,7 +267,7 @@ def test_plot_functions_write_pngs_without_pyplot(tmp_path):
 
 def test_report_module_never_imports_pyplot():
     # in a fresh interpreter: other tests (mnist1d) import pyplot into this one
-    code = ("import sys, evomal.report, evomal.export, evomal.cli; "
+    code = ("import sys, evomal.results.report, evomal.losses.export, evomal.cli; "
             "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from evomal.expressions import parse
-from evomal.search import Individual, breed, derive_rng, from_deap, init_population, to_deap
+from evomal.gp.expressions import parse
+from evomal.gp.operators import Individual, breed, derive_rng, from_deap, init_population, to_deap
 
 
 def _fitness(population, seed=0):
@@ -238,7 +238,7 @@ _SUBPROCESS = """
 import json, sys
 from deap import creator
 before = sorted(vars(creator))
-from evomal.search import breed, init_population
+from evomal.gp.operators import breed, init_population
 args = json.loads(sys.stdin.read())
 pop = init_population(25, seed=1)
 out = breed(pop, args["fitness"], seed=1, generation=1, size=25)

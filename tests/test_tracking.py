@@ -1,8 +1,8 @@
-"""MLflow tracking (evomal.tracking): the run tree, idempotent reruns, sqlite and a real server.
+"""MLflow tracking (evomal.results.tracking): the run tree, idempotent reruns, sqlite and a real server.
 
 Generation files are built with the pipeline's own writers (init_population, save_loss,
 write_tensors, gather_generation); only filter.json and fitness.json are written directly, in the
-formats of evomal.stages, so no training runs here.
+formats of evomal.pipeline.stages, so no training runs here.
 
 ``assert_tracking_matches`` is meant for the end-to-end tests as well::
 
@@ -25,20 +25,22 @@ import pandas as pd
 import pytest
 import torch
 
-from evomal import files, tracking
-from evomal.compile import save_loss
-from evomal.expressions import parse
-from evomal.search import init_population
-from evomal.files import record_seconds
-from evomal.stages import PER_SEED_COLUMNS, candidate_dir, gather_generation
-from evomal.statistics import summarize
+from evomal.core import files
+from evomal.results import tracking
+from evomal.losses.compile import save_loss
+from evomal.gp.expressions import parse
+from evomal.gp.operators import init_population
+from evomal.core.files import record_seconds
+from evomal.pipeline.contract import PER_SEED_COLUMNS, candidate_dir
+from evomal.pipeline.stages import gather_generation
+from evomal.learning.statistics import summarize
 
 EXPERIMENT = "digits-test"
 
 
 def assert_tracking_matches(tracking_uri: str, experiment_name: str, exp_dir, generations=None) -> None:
     """The MLflow tree at ``tracking_uri`` matches the result files of ``exp_dir`` (see
-    evomal.tracking.tracking_mismatches): one pipeline run, one generation run per generation, one
+    evomal.results.tracking.tracking_mismatches): one pipeline run, one generation run per generation, one
     candidate run per fitness.tsv row with its expression, decision and fitness.
 
     After a Snakemake run in ``workdir`` with the default URI, pass absolute paths:

@@ -1,8 +1,8 @@
 # Config resolution, paths and input functions shared by the stage rules.
-from evomal.config import resolve_config
-from evomal.files import read_json
-from evomal.report import PLOT_FILES, SUMMARY_HTML, SUMMARY_MD
-from evomal.stages import active_shards
+from evomal.pipeline.config import resolve_config
+from evomal.core.files import read_json
+from evomal.results.report import PLOT_FILES, SUMMARY_HTML, SUMMARY_MD
+from evomal.pipeline.contract import active_shards
 
 CFG = resolve_config(config)
 RESULTS = CFG["results_dir"]
@@ -102,7 +102,7 @@ def generation_tables(wildcards):
 def report_inputs(wildcards):
     """What the summary links or tabulates; sections an experiment lacks are simply not requested.
 
-    Keys named like evomal.report.PLOT_FILES are the plots (PNG); the others are result files.
+    Keys named like evomal.results.report.PLOT_FILES are the plots (PNG); the others are result files.
     """
     name = wildcards.experiment
     d = f"{RESULTS}/{name}"

@@ -37,7 +37,7 @@ rule plot_search:
     log:
         f"{LOGS}/report/plot_search.log",
     run:
-        from evomal.report import plot_search
+        from evomal.results.report import plot_search
 
         plot_search(list(input), output.fitness, output.decisions, log=log[0])
 
@@ -56,7 +56,7 @@ rule plot_loss_shape:
     log:
         f"{LOGS}/report/plot_loss_shape.log",
     run:
-        from evomal.report import plot_loss_shape
+        from evomal.results.report import plot_loss_shape
 
         plot_loss_shape(dict(input.items()), output[0], log=log[0])
 
@@ -76,7 +76,7 @@ rule plot_meta_test_curves:
     log:
         f"{LOGS}/report/plot_meta_test_curves.log",
     run:
-        from evomal.report import CURVE_TITLES, plot_learning_curves
+        from evomal.results.report import CURVE_TITLES, plot_learning_curves
 
         plot_learning_curves(input.curves, output[0], per_seed_tsv=input.table,
                              title=CURVE_TITLES["meta_test"], log=log[0])
@@ -97,7 +97,7 @@ rule plot_transfer_curves:
     log:
         f"{LOGS}/report/plot_transfer_curves.log",
     run:
-        from evomal.report import CURVE_TITLES, plot_learning_curves
+        from evomal.results.report import CURVE_TITLES, plot_learning_curves
 
         plot_learning_curves(input.curves, output[0], per_seed_tsv=input.table,
                              title=CURVE_TITLES["transfer"], log=log[0])
@@ -117,7 +117,7 @@ rule export_loss:
     log:
         f"{LOGS}/report/export_loss.log",
     run:
-        from evomal.export import write_torch_source
+        from evomal.losses.export import write_torch_source
 
         write_torch_source(input[0], output[0], log=log[0])
 
@@ -137,7 +137,7 @@ rule report:
     log:
         f"{LOGS}/report/summary.log",
     run:
-        from evomal.report import write_summary_from_inputs
+        from evomal.results.report import write_summary_from_inputs
 
         write_summary_from_inputs(dict(input.items()), output.md, output.html,
                                   experiment=wildcards.experiment, log=log[0])

@@ -9,7 +9,7 @@
 # re-runs it and, through run.json, every tracking job (the new backend gets the whole search). A config
 # change must not re-track finished generations (raising `generations` extends a run), so the config
 # is handed to the functions as an argument, not as a param or an input.
-from evomal.tracking import results_inputs
+from evomal.results.tracking import results_inputs
 
 
 localrules:
@@ -28,7 +28,7 @@ rule tracking_init:
     log:
         f"{LOGS}/tracking/init.log",
     run:
-        from evomal.tracking import experiment_record, init_tracking
+        from evomal.results.tracking import experiment_record, init_tracking
 
         init_tracking(params.uri, wildcards.experiment, f"{RESULTS}/{wildcards.experiment}",
                       config=experiment_record(CFG, wildcards.experiment), out=output[0], log=log[0])
@@ -50,7 +50,7 @@ rule track:
     log:
         f"{LOGS}/tracking/gen_{{gen}}.log",
     run:
-        from evomal.tracking import track_generation
+        from evomal.results.tracking import track_generation
 
         track_generation(params.uri, wildcards.experiment, f"{RESULTS}/{wildcards.experiment}",
                          int(wildcards.gen), out=output[0], log=log[0])
@@ -70,7 +70,7 @@ rule track_results:
     log:
         f"{LOGS}/tracking/results.log",
     run:
-        from evomal.tracking import experiment_record, track_results
+        from evomal.results.tracking import experiment_record, track_results
 
         track_results(params.uri, wildcards.experiment, f"{RESULTS}/{wildcards.experiment}",
                       config=experiment_record(CFG, wildcards.experiment), out=output[0], log=log[0])

@@ -12,32 +12,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import files
-from .context import TrainingSettings, load_task_for, model_factory, use_threads
-from .expressions import ExpressionError, parse
-from .faults import failpoint
-from .files import record_seconds
-from .joblog import JobLog
-from .search import Individual, breed, derive_rng, init_population
-
-DECISIONS = ("evaluate", "equivalent", "rejected", "gradient_equivalent", "invalid")
-
-
-# --------------------------------------------------------------------------- paths
-def candidate_dir(gen_dir: str | Path, cand_id: str) -> Path:
-    return Path(gen_dir) / "candidates" / cand_id
-
-
-def shard_members(filter_doc: dict, shard: int) -> list[dict]:
-    return [c for c in filter_doc["candidates"] if c["decision"] == "evaluate" and c["shard"] == shard]
-
-
-def active_shards(filter_doc: dict) -> list[int]:
-    return sorted({c["shard"] for c in filter_doc["candidates"] if c["decision"] == "evaluate"})
+from evomal.core import files
+from evomal.learning.context import TrainingSettings, load_task_for, model_factory, use_threads
+from evomal.gp.expressions import ExpressionError, parse
+from evomal.pipeline.contract import (DECISIONS, PER_SEED_COLUMNS, TABLE_COLUMNS, active_shards,
+                                     candidate_dir, shard_members)
+from evomal.pipeline.faults import failpoint
+from evomal.tasks.spec import component
+from evomal.core.files import record_seconds
+from evomal.core.joblog import JobLog
+from evomal.gp.operators import Individual, breed, derive_rng, init_population
 
 
 def _device(device_spec: str):
-    from .devices import resolve_device
+    from evomal.learning.devices import resolve_device
 
     return resolve_device(device_spec)
 
@@ -110,8 +98,8 @@ def filter_population(population_path, out_path, *, exp: dict, shards: int, devi
                       prev_archive=None, log: str | None = None, threads: int = 1) -> None:
     """DESIGN §1.5: symbolic equivalence, rejection protocol, gradient equivalence, in that order."""
     use_threads(threads)
-    from .canonical import canonical_key
-    from .filters import gradient_signature, rejection_test, signature_is_valid, signatures_match
+    from evomal.gp.canonical import canonical_key
+    from evomal.learning.filters import gradient_signature, rejection_test, signature_is_valid, signatures_match
 
     t0 = time.perf_counter()
     say = JobLog(log)
@@ -209,7 +197,7 @@ def _shard_job(filter_path, shard: int, manifest_path, stage: str, work, log: st
 def compile_shard(filter_path, shard: int, manifest_path, *, exp: dict, recompute: bool = False,
                   log: str | None = None) -> None:
     """Expression -> loss network file with its initial edge weights (DESIGN §1.3)."""
-    from .compile import initial_weights, save_loss
+    from evomal.losses.compile import initial_weights, save_loss
 
     kind = load_task_for(exp["dataset"], seed=exp["seed"], device=_device("cpu")).kind
 
@@ -233,8 +221,8 @@ def optimize_shard(filter_path, shard: int, manifest_path, *, exp: dict, device:
                    recompute: bool = False, log: str | None = None, threads: int = 1) -> None:
     """Unrolled-differentiation local search of the edge weights (DESIGN §1.4); GP-LFL keeps them."""
     use_threads(threads)
-    from .compile import load_loss
-    from .learn import unrolled_local_search
+    from evomal.losses.compile import load_loss
+    from evomal.learning.training import unrolled_local_search
 
     dev, task, build, settings = _learning_setup(exp, device)
     ls = exp["local_search"]
@@ -270,8 +258,8 @@ def evaluate_shard(filter_path, shard: int, manifest_path, *, exp: dict, device:
                    recompute: bool = False, log: str | None = None, threads: int = 1) -> None:
     """Fitness by partial training (DESIGN §1.6); a bad loss gets inf with its reason, never an error."""
     use_threads(threads)
-    from .compile import load_loss
-    from .learn import fitness
+    from evomal.losses.compile import load_loss
+    from evomal.learning.training import fitness
 
     dev, task, build, settings = _learning_setup(exp, device)
 
@@ -301,10 +289,6 @@ def evaluate_shard(filter_path, shard: int, manifest_path, *, exp: dict, device:
 
 
 # --------------------------------------------------------------------------- gathering
-# no timings here: the table of a generation is identical, byte for byte, whenever it is recomputed
-TABLE_COLUMNS = ["id", "expression", "origin", "parents", "key", "decision", "reason", "reuse_of", "fitness"]
-
-
 def gather_generation(filter_path, population_path, out_table, out_archive, *, generation: int,
                       prev_archive=None, log: str | None = None) -> dict:
     """Fitness table of a generation and the cumulative archive that the next generation filters against."""
@@ -361,7 +345,7 @@ def gather_generation(filter_path, population_path, out_table, out_archive, *, g
 # --------------------------------------------------------------------------- best loss
 def select_best(archive_path, results_dir, out_path, *, exp: dict, log: str | None = None) -> None:
     """The best evaluated loss of the whole search, with its meta-learned weights."""
-    from .compile import save_loss
+    from evomal.losses.compile import save_loss
 
     t0 = time.perf_counter()
     archive = files.read_json(archive_path)
@@ -380,11 +364,8 @@ def select_best(archive_path, results_dir, out_path, *, exp: dict, log: str | No
 
 
 # --------------------------------------------------------------------------- meta-testing and transfer
-PER_SEED_COLUMNS = ["target", "method", "seed", "test_metric", "metric", "diverged", "reason"]
-
-
 def _test_losses(loss_paths: dict, kind: str, device) -> dict:
-    from .compile import baseline_loss, load_loss
+    from evomal.losses.compile import baseline_loss, load_loss
 
     losses = {"baseline": baseline_loss(kind)}
     for method, path in loss_paths.items():
@@ -397,7 +378,7 @@ def _test_losses(loss_paths: dict, kind: str, device) -> dict:
 
 def _run_meta_test(target: str, dataset, model, losses_by_path: dict, *, exp: dict, steps: int, device,
                    say) -> tuple[list[dict], dict]:
-    from .learn import meta_test
+    from evomal.learning.training import meta_test
 
     task = load_task_for(dataset, seed=exp["seed"], device=device)
     build = model_factory(model, task, device)
@@ -417,8 +398,6 @@ def _run_meta_test(target: str, dataset, model, losses_by_path: dict, *, exp: di
 
 
 def _target_name(dataset, model) -> str:
-    from .config import component
-
     return f"{component(dataset)[0]}/{component(model)[0]}"
 
 
@@ -426,7 +405,7 @@ def meta_test_stage(loss_paths: dict, out_table, out_summary, out_curves, *, exp
                     log: str | None = None, threads: int = 1) -> None:
     """DESIGN §1.7: learned losses (method -> best/loss.json) against the baseline, same seeds."""
     use_threads(threads)
-    from .statistics import summarize
+    from evomal.learning.statistics import summarize
 
     t0 = time.perf_counter()
     say = JobLog(log, echo=True, prefix="meta-test: ")
@@ -445,7 +424,7 @@ def transfer_stage(loss_paths: dict, out_table, out_summary, out_curves, *, exp:
                    log: str | None = None, threads: int = 1) -> None:
     """The same losses, unchanged, train every (dataset, model) target of the config."""
     use_threads(threads)
-    from .statistics import summarize
+    from evomal.learning.statistics import summarize
 
     t0 = time.perf_counter()
     say = JobLog(log, echo=True, prefix="transfer: ")

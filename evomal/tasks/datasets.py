@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from evomal import downloads
-from evomal.downloads import RemoteFile
+from evomal.tasks import downloads
+from evomal.tasks.downloads import RemoteFile
 
 __all__ = [
     "Task",

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .expressions import Node, from_json, parse, to_json
-from .files import atomic_write_bytes
-from .primitives import CONSTANTS, EPS, PRIMITIVES, VARIABLES
+from evomal.gp.expressions import Node, from_json, parse, to_json
+from evomal.core.files import atomic_write_bytes
+from evomal.gp.primitives import CONSTANTS, EPS, PRIMITIVES, VARIABLES
 
 KINDS = ("classification", "regression")
 FILE_FORMAT = "evomal-loss"
@@ -521,7 +521,7 @@ def weighted_sympy(tree: Node, weights: Sequence[float], *, exact: bool = False)
     """SymPy expression with each edge weight multiplied in (unprotected log/sqrt unless ``exact``)."""
     import sympy as sp
 
-    from .primitives import sympy_function
+    from evomal.gp.primitives import sympy_function
 
     symbols = {"y": sp.Symbol("y", real=True), "f": sp.Symbol("f", real=True)}
     counter = iter(range(-1, tree.num_edges))

@@ -12,7 +12,9 @@ from typing import Any
 
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+from evomal.tasks.spec import component
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -76,17 +78,9 @@ def _schema_errors(schema: dict, config: dict) -> list[str]:
     return messages
 
 
-def component(spec) -> tuple[str, dict]:
-    """A dataset/model entry: a registry name or ``{name: ..., **options}``."""
-    if isinstance(spec, str):
-        return spec, {}
-    spec = dict(spec)
-    return spec.pop("name"), spec
-
-
 def _registry_errors(experiments: dict) -> list[str]:
-    from .data import list_datasets
-    from .models import list_models
+    from evomal.tasks.datasets import list_datasets
+    from evomal.tasks.models import list_models
 
     datasets, models = list_datasets(), list_models()
     errors = []

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
-from .primitives import CONSTANTS, PRIMITIVES, REPAIR_OPS, TERMINALS, VARIABLES, sympy_function
+from evomal.gp.primitives import CONSTANTS, PRIMITIVES, REPAIR_OPS, TERMINALS, VARIABLES, sympy_function
 
 
 class ExpressionError(ValueError):

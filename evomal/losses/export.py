@@ -1,8 +1,8 @@
 """Export a learned loss (best/loss.json) as a standalone PyTorch source file that needs only torch.
 
 The generated file bakes the meta-learned edge weights in as constants and evaluates the expression as
-straight-line code built from the primitives' code templates (evomal.primitives), so its values and
-gradients equal those of the compiled module (evomal.compile.CompiledLoss) with the same weights.
+straight-line code built from the primitives' code templates (evomal.gp.primitives), so its values and
+gradients equal those of the compiled module (evomal.losses.compile.CompiledLoss) with the same weights.
 It offers ``elementwise(y, f, w)``, ``loss(output, target)`` and an ``nn.Module`` class ``LearnedLoss``.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ import json
 import os
 from pathlib import Path
 
-from . import files
-from .expressions import ExpressionError, Node, from_json, parse
-from .primitives import CONSTANTS, PRIMITIVES, VARIABLES
+from evomal.core import files
+from evomal.gp.expressions import ExpressionError, Node, from_json, parse
+from evomal.gp.primitives import CONSTANTS, PRIMITIVES, VARIABLES
 
 KINDS = ("classification", "regression")
 
@@ -169,7 +169,7 @@ def write_torch_source(loss_json_path: str | os.PathLike, out_path: str | os.Pat
     """Export and write atomically; the text is compiled first so a broken file is never written."""
     import time
 
-    from .joblog import JobLog
+    from evomal.core.joblog import JobLog
 
     t0 = time.perf_counter()
     source = export_torch_source(loss_json_path)

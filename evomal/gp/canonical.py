@@ -27,7 +27,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator
 
-from .expressions import Node, parse
+from evomal.gp.expressions import Node, parse
 
 #: Default cost budget in units of _expansion_work (about 10-20 us of SymPy time each). At 20000 the
 #: slowest keys measured (adversarial nested aq/mul/square chains) took about 0.2 s.

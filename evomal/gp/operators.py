@@ -18,8 +18,8 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator
 
-from .expressions import Node, parse, repair
-from .primitives import CONSTANTS, PRIMITIVES, VARIABLES
+from evomal.gp.expressions import Node, parse, repair
+from evomal.gp.primitives import CONSTANTS, PRIMITIVES, VARIABLES
 
 ORIGINS = ("init", "crossover", "mutation", "copy", "elite")
 

@@ -20,12 +20,10 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import files
-from .joblog import JobLog
+from evomal.core import files
+from evomal.core.joblog import JobLog
+from evomal.pipeline.contract import DECISIONS
 
-#: Filter decisions in pipeline order; the same tuple as evomal.stages.DECISIONS (a test checks), kept
-#: here so that reading results does not import the stages (and torch).
-DECISIONS = ("evaluate", "equivalent", "rejected", "gradient_equivalent", "invalid")
 DECISION_LABELS = {"evaluate": "evaluated", "equivalent": "equivalent", "rejected": "rejected",
                    "gradient_equivalent": "gradient-equivalent", "invalid": "invalid"}
 DECISION_COLORS = {"evaluate": "#2b6cb0", "equivalent": "#9ae6b4", "rejected": "#f6ad55",
@@ -125,7 +123,7 @@ def read_curves(path: str | os.PathLike) -> pd.DataFrame:
     """Learning curves of ``*_curves.json`` as rows target, method, seed, step, train_loss, val_metric.
 
     Keys are ``<method>/<seed>`` (meta-test; target "") or ``<dataset>/<model>/<method>/<seed>`` (transfer);
-    points are (step, mean training loss since the previous point, validation metric), see evomal.learn.
+    points are (step, mean training loss since the previous point, validation metric), see evomal.learning.training.
     """
     doc = files.read_json(path)
     rows = []
@@ -170,7 +168,7 @@ def _fmt_p(p) -> str:
 
 
 def method_table(summary: pd.DataFrame, per_seed: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Display table of a ``*_summary.tsv`` (evomal.statistics.summarize): one row per target and method.
+    """Display table of a ``*_summary.tsv`` (evomal.learning.statistics.summarize): one row per target and method.
 
     ``per_seed`` (the per-seed table) adds the count of diverged runs.
     """
@@ -371,7 +369,7 @@ def _as_array(values, like) -> np.ndarray:
 
 
 def learned_elementwise(loss) -> Callable:
-    """(y, f) -> element-wise values of a compiled loss (evomal.compile.CompiledLoss) in float64."""
+    """(y, f) -> element-wise values of a compiled loss (evomal.losses.compile.CompiledLoss) in float64."""
     import torch
 
     weights = loss.weights.detach().to(torch.float64).cpu()
@@ -389,7 +387,7 @@ def baseline_elementwise(kind: str):
 
 def loss_shapes(loss_paths: dict, *, points: int = 200) -> ShapeData:
     """Shapes of the learned losses (method -> loss.json) with the real compiled modules, and the baseline."""
-    from .compile import load_loss
+    from evomal.losses.compile import load_loss
 
     if not loss_paths:
         raise ValueError("no learned loss to plot (loss_paths is empty)")
@@ -726,7 +724,7 @@ def build_report(exp_dir: str | os.PathLike, *, loss_paths: dict | None = None) 
 
     ``loss_paths`` (method -> loss.json) defaults to this experiment's own best loss. Returns name -> path.
     """
-    from .export import write_torch_source
+    from evomal.losses.export import write_torch_source
 
     d = Path(exp_dir)
     out = d / "report"

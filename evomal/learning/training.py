@@ -18,14 +18,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .compile import CompiledLoss, FrozenLoss, baseline_loss, compile_expression, loss_value
-from .devices import derive_seed, make_generator
+from evomal.losses.compile import CompiledLoss, FrozenLoss, baseline_loss, compile_expression, loss_value
+from evomal.learning.devices import derive_seed, make_generator
 
 Reinit = Callable[[nn.Module, int], None]
 
 
 def _default_reinit() -> Reinit:
-    from .models import reinitialize
+    from evomal.tasks.models import reinitialize
 
     return reinitialize
 

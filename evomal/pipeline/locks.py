@@ -56,7 +56,7 @@ def _identity(path: Path) -> dict | None:
 
 def record_lock_owner(workdir: str | os.PathLike = ".") -> None:
     """Record this process and the lock files it holds (call once Snakemake holds its lock)."""
-    from .files import atomic_write_bytes
+    from evomal.core.files import atomic_write_bytes
 
     meta = Path(workdir) / ".snakemake"
     meta.mkdir(exist_ok=True)

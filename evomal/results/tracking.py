@@ -52,10 +52,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import files
-from .faults import failpoint
-from .joblog import JobLog
-from .stages import DECISIONS, candidate_dir
+from evomal.core import files
+from evomal.pipeline.faults import failpoint
+from evomal.core.joblog import JobLog
+from evomal.pipeline.contract import DECISIONS, candidate_dir
 
 #: Bump when what is logged changes: every run's digest then differs and is logged again.
 TRACKING_VERSION = 1
@@ -469,7 +469,7 @@ def _candidate_metrics(row: dict, frec: dict, optimized: dict | None, fit_doc: d
         for step, value in enumerate(optimized.get("curve") or []):
             add("meta_train/val_loss", value, step)
     if fit_doc is not None:
-        # (step, mean training loss since the previous point, validation metric): evomal.learn.train
+        # (step, mean training loss since the previous point, validation metric): evomal.learning.training.train
         for step, loss, val in fit_doc.get("curve") or []:
             add("train/loss", loss, step)
             add(f"train/val_{metric_name}", val, step)
@@ -486,7 +486,7 @@ def loss_shape_png(expression: str, kind: str, weights, *, title: str = "") -> b
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    from .compile import compile_frozen
+    from evomal.losses.compile import compile_frozen
 
     fn = compile_frozen(expression, [float(w) for w in weights])
 
@@ -534,7 +534,7 @@ def weighted_infix(expression: str, weights) -> str:
     Unsimplified, so it costs microseconds where SymPy costs tens of milliseconds per candidate;
     log and sqrt are shown without their 1e-7 clamp.
     """
-    from .expressions import parse
+    from evomal.gp.expressions import parse
 
     weights = [float(w) for w in weights]
     counter = iter(range(-1, len(weights)))

@@ -13,14 +13,14 @@ from typing import Callable
 
 import torch
 
-from .config import component
+from evomal.tasks.spec import component
 
 _TASK_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=8)
 def _load_task_cached(name: str, options_json: str, seed: int, device: str):
-    from .data import load_task
+    from evomal.tasks.datasets import load_task
 
     return load_task(name, seed=seed, device=device, **json.loads(options_json))
 
@@ -33,7 +33,7 @@ def load_task_for(dataset_spec, *, seed: int, device: torch.device):
 
 def model_factory(model_spec, task, device: torch.device) -> Callable[[int], torch.nn.Module]:
     """seed -> freshly initialised network for ``task``."""
-    from .models import build_model
+    from evomal.tasks.models import build_model
 
     name, options = component(model_spec)
 

@@ -17,9 +17,9 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .compile import FrozenLoss, baseline_loss, compile_frozen, prepare
-from .devices import derive_seed, make_generator
-from .expressions import Node
+from evomal.losses.compile import FrozenLoss, baseline_loss, compile_frozen, prepare
+from evomal.learning.devices import derive_seed, make_generator
+from evomal.gp.expressions import Node
 
 #: Improvements of the mean task loss at or below this are rounding noise, not learning.
 MIN_IMPROVEMENT = 1e-6
@@ -35,7 +35,7 @@ class RejectionResult:
 
 
 def _default_reinit() -> Callable[[nn.Module, int], None]:
-    from .models import reinitialize
+    from evomal.tasks.models import reinitialize
 
     return reinitialize
 

@@ -1,0 +1,58 @@
+"""The file contract of a run (DESIGN §3): folder and file names, filter decisions, table columns.
+
+Every layer that reads or writes a results folder takes these names from here (stage functions, tracking,
+reports, the command line), so a folder written by one is understood by the others. Nothing here imports
+torch, pandas or another module of the package.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+#: Filter decisions in pipeline order (DESIGN §1.5).
+DECISIONS = ("evaluate", "equivalent", "rejected", "gradient_equivalent", "invalid")
+
+# per generation
+POPULATION = "population.json"
+FILTER = "filter.json"
+FITNESS_TABLE = "fitness.tsv"
+ARCHIVE = "archive.json"
+TRACKED = "tracked.json"
+CANDIDATES = "candidates"
+SHARDS = "shards"
+
+# per candidate (gen_<g>/candidates/<id>/)
+LOSS_FILE = "loss.json"
+OPTIMIZED_FILE = "optimized.pt"
+FITNESS_FILE = "fitness.json"
+
+# per experiment
+CONFIG_FILE = "config.yaml"
+BEST_LOSS = "best/loss.json"
+BEST_SOURCE = "best/loss.py"
+META_TEST = "meta_test.tsv"
+META_TEST_SUMMARY = "meta_test_summary.tsv"
+TRANSFER = "transfer.tsv"
+TRANSFER_SUMMARY = "transfer_summary.tsv"
+
+#: Columns of gen_<g>/fitness.tsv. No timings: the table is byte-identical whenever it is recomputed.
+TABLE_COLUMNS = ["id", "expression", "origin", "parents", "key", "decision", "reason", "reuse_of", "fitness"]
+#: Columns of meta_test.tsv and transfer.tsv.
+PER_SEED_COLUMNS = ["target", "method", "seed", "test_metric", "metric", "diverged", "reason"]
+
+
+def generation_dir(exp_dir: str | Path, generation: int) -> Path:
+    return Path(exp_dir) / f"gen_{generation}"
+
+
+def candidate_dir(gen_dir: str | Path, cand_id: str) -> Path:
+    return Path(gen_dir) / CANDIDATES / cand_id
+
+
+def shard_members(filter_doc: dict, shard: int) -> list[dict]:
+    """The candidates of a filter.json that a per-shard stage job computes."""
+    return [c for c in filter_doc["candidates"] if c["decision"] == "evaluate" and c["shard"] == shard]
+
+
+def active_shards(filter_doc: dict) -> list[int]:
+    """Shards that received candidates: only these become jobs."""
+    return sorted({c["shard"] for c in filter_doc["candidates"] if c["decision"] == "evaluate"})
