@@ -1,4 +1,4 @@
-"""Benchmark of the learning engine (evomal.losses.compile / learn / filters), one run, same inputs throughout.
+"""Benchmark of the learning engine (evomal.losses / evomal.learning), one run, same inputs throughout.
 
     python bench/bench_engine.py            # reference sizes, writes the "Engine" section of docs/benchmarks.md
     python bench/bench_engine.py --quick    # smaller counts, a smoke run
@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from evomal.losses.compile import CompiledLoss, FrozenLoss, baseline_loss, compile_expression, initial_weights
+from evomal.losses.codegen import compile_expression
+from evomal.losses.modules import CompiledLoss, FrozenLoss, baseline_loss, initial_weights
 from evomal.tasks.datasets import load_task
 from evomal.learning.devices import resolve_device
 from evomal.gp.expressions import parse

@@ -14,10 +14,14 @@ __all__ = ["load_loss", "CompiledLoss", "parse", "__version__"]
 
 
 def __getattr__(name):
-    if name in ("load_loss", "CompiledLoss"):
-        from evomal.losses import compile as _compile
+    if name == "load_loss":
+        from evomal.losses.lossfile import load_loss
 
-        return getattr(_compile, name)
+        return load_loss
+    if name == "CompiledLoss":
+        from evomal.losses.modules import CompiledLoss
+
+        return CompiledLoss
     if name == "parse":
         from evomal.gp.expressions import parse
 

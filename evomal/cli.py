@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from evomal.core import files
+from evomal.methods.registry import method_searches
 
 DEFAULT_RESULTS = "results"
 
@@ -60,7 +61,7 @@ def experiment_status(exp_dir: Path) -> dict:
     return {
         "experiment": exp_dir.name,
         "method": method,
-        "generations": "-" if method == "baseline" else f"{len(tables)} / {configured}",
+        "generations": "-" if not method_searches(method) else f"{len(tables)} / {configured}",
         "best fitness": "-" if best is None else _fmt(best),
         "meta-test": "done" if (exp_dir / "meta_test_summary.tsv").exists() else "-",
         "transfer": "done" if (exp_dir / "transfer_summary.tsv").exists() else "-",
@@ -118,7 +119,7 @@ def describe_experiment(exp_dir: Path) -> str:
         if (exp_dir / "best" / "loss.py").exists():
             lines.append(f"standalone: {exp_dir / 'best' / 'loss.py'}")
         parts.append(_section(f"Best loss{' (' + ', '.join(facts) + ')' if facts else ''}:", "\n".join(lines)))
-    elif config.get("method") != "baseline":
+    elif method_searches(config.get("method", "?")):
         parts.append("Best loss: not selected yet")
 
     for title, per_seed_name, summary_name in (("Meta-test", "meta_test.tsv", "meta_test_summary.tsv"),

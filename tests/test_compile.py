@@ -11,18 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evomal.losses.compile import (
-    CompiledLoss,
-    FrozenLoss,
-    baseline_loss,
-    compile_expression,
-    compile_frozen,
-    initial_weights,
-    load_loss,
-    loss_value,
-    prepare,
-    save_loss,
-)
+from evomal.losses.codegen import compile_expression, compile_frozen
+from evomal.losses.lossfile import load_loss, save_loss
+from evomal.losses.modules import CompiledLoss, FrozenLoss, baseline_loss, initial_weights, loss_value, prepare
 from evomal.gp.expressions import Node, parse, repair, to_sympy
 from evomal.gp.primitives import CONSTANTS, PRIMITIVES, TERMINALS
 

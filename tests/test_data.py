@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from evomal.tasks import datasets as data
-from evomal.tasks import downloads
+from evomal.tasks.datasets import downloads, idx, registry
 from evomal.tasks.datasets import load_task
 
 OFFLINE_CLASSIFICATION = ["digits", "breast_cancer", "wine", "iris"]
@@ -231,7 +231,7 @@ def test_mnist1d_default_size_and_data_seed(no_network):
 
 
 def test_nan_and_inf_are_refused(monkeypatch):
-    monkeypatch.setattr(data, "_DATASETS", dict(data._DATASETS))
+    monkeypatch.setattr(registry, "_DATASETS", dict(registry._DATASETS))
 
     @data.register_dataset("broken")
     def _broken() -> data.RawData:
@@ -385,17 +385,17 @@ def test_mnist_missing_files_and_download(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
     good = [
         downloads.RemoteFile(r.filename, r.urls, "md5", hashlib.md5(blobs[r.filename]).hexdigest())
-        for r in data._MNIST_REMOTES
+        for r in idx._MNIST_REMOTES
     ]
-    monkeypatch.setattr(data, "_MNIST_REMOTES", good)
+    monkeypatch.setattr(idx, "_MNIST_REMOTES", good)
     task = load_task("mnist", data_dir=str(target), download=True)
     assert len(task.y_test) == 30 and len(served) == 4
     assert served[0].startswith("https://")
     assert sorted(p.name for p in target.iterdir()) == sorted(blobs)
 
     # a checksum mismatch is refused and leaves no file behind
-    bad = [downloads.RemoteFile(r.filename, r.urls[:1], "md5", "0" * 32) for r in data._MNIST_REMOTES]
-    monkeypatch.setattr(data, "_MNIST_REMOTES", bad)
+    bad = [downloads.RemoteFile(r.filename, r.urls[:1], "md5", "0" * 32) for r in idx._MNIST_REMOTES]
+    monkeypatch.setattr(idx, "_MNIST_REMOTES", bad)
     other = tmp_path / "other"
     with pytest.raises(ValueError, match=r"checksum mismatch.*train-images-idx3-ubyte\.gz"):
         load_task("mnist", data_dir=str(other), download=True)

@@ -29,7 +29,7 @@ from evomal.tasks import datasets as data
 from evomal.pipeline import faults
 from evomal.core import files
 from evomal.pipeline import locks
-from evomal.losses.compile import load_loss, save_loss
+from evomal.losses.lossfile import load_loss, save_loss
 from evomal.pipeline.config import ConfigError, resolve_config
 from evomal.gp.expressions import parse
 from workflow_utils import (REPO, SNAKEFILE, SNAKEMAKE, candidate_fitness, contract_files, snakemake,
@@ -323,7 +323,7 @@ def test_a_crash_before_the_rename_leaves_no_partial_file(tmp_path, monkeypatch,
 def test_a_stage_crashing_mid_write_leaves_no_partial_output(reference, tmp_path, monkeypatch):
     """gather_generation writes fitness.tsv then archive.json: a crash in the second rename leaves
     the first complete and the second absent, never a half file."""
-    from evomal.pipeline.stages import gather_generation
+    from evomal.pipeline.gathering import gather_generation
 
     gen = copy_run(exp_dir(reference.workdir) / "gen_0", tmp_path / "gen_0")
     (gen / "fitness.tsv").unlink()
@@ -488,7 +488,8 @@ def _malicious_pt(path: Path, marker: Path) -> None:
 
 @pytest.mark.slow  # needs the files of a real run (the reference fixture)
 def test_a_malicious_pickle_is_refused_by_every_reader(reference, tmp_path, torch_threads):
-    from evomal.pipeline.stages import evaluate_shard, select_best
+    from evomal.pipeline.candidates import evaluate_shard
+    from evomal.pipeline.selection import select_best
 
     marker = tmp_path / "code-was-executed"
     # the payload works: an unrestricted torch.load runs it (so the refusals below mean something)
@@ -594,7 +595,7 @@ INVALID_CONFIGS = [
     ({"model": "no_such_net"}, "experiments.tiny.model", "known: allcnnc, cnn, lenet5, linear, mlp"),
     ({"transfer": [{"dataset": "wine", "model": "no_such_net"}]}, "experiments.tiny.transfer.0.model",
      "known: allcnnc"),
-    ({"method": "sgd"}, "experiments.tiny.method", "allowed values: evomal, gplfl, baseline"),
+    ({"method": "sgd"}, "experiments.tiny.method", "unknown method 'sgd'; known: baseline, evomal, gplfl"),
     ({"meta_test": {"seeds": []}}, "experiments.tiny.meta_test.seeds", "should be non-empty"),
 ]
 
@@ -689,9 +690,10 @@ def test_a_generation_without_any_accepted_loss_still_breeds_the_next(tmp_path):
 def test_losses_that_overflow_or_give_nan_get_inf_fitness(tmp_path, torch_threads):
     """The evaluate stage: inf with the reason for each bad loss, and the generation still completes.
     (A loss without a gradient is rejected by the filter first: see ALL_REJECTED.)"""
-    from evomal.losses.compile import initial_weights
+    from evomal.losses.modules import initial_weights
     from evomal.gp.operators import init_population
-    from evomal.pipeline.stages import evaluate_shard, gather_generation
+    from evomal.pipeline.candidates import evaluate_shard
+    from evomal.pipeline.gathering import gather_generation
 
     exp = fault_exp()
     gen = tmp_path / "gen_0"

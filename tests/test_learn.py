@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from evomal.losses.compile import CompiledLoss, FrozenLoss, baseline_loss, compile_expression, initial_weights
+from evomal.losses.codegen import compile_expression
+from evomal.losses.modules import CompiledLoss, FrozenLoss, baseline_loss, initial_weights
 from evomal.learning.devices import derive_seed, generator_for, make_generator, resolve_device
 from evomal.gp.expressions import parse
 from evomal.learning.training import (

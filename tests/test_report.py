@@ -17,12 +17,13 @@ from scipy import stats as scipy_stats
 
 from evomal.core import files
 from evomal.results import report
-from evomal.losses.compile import CompiledLoss, load_loss, save_loss
+from evomal.losses.lossfile import load_loss, save_loss
+from evomal.losses.modules import CompiledLoss
 from evomal.pipeline.config import resolve_config
 from evomal.losses.export import export_torch_source, write_torch_source
 from evomal.gp.expressions import parse
 from evomal.pipeline.contract import DECISIONS, PER_SEED_COLUMNS, TABLE_COLUMNS
-from evomal.pipeline.stages import write_experiment_config
+from evomal.pipeline.population import write_experiment_config
 from evomal.learning.statistics import summarize
 
 # Together these use all 12 primitives and all terminals.

@@ -2,7 +2,7 @@
 
 Generation files are built with the pipeline's own writers (init_population, save_loss,
 write_tensors, gather_generation); only filter.json and fitness.json are written directly, in the
-formats of evomal.pipeline.stages, so no training runs here.
+formats of the stage functions (evomal.pipeline), so no training runs here.
 
 ``assert_tracking_matches`` is meant for the end-to-end tests as well::
 
@@ -27,12 +27,12 @@ import torch
 
 from evomal.core import files
 from evomal.results import tracking
-from evomal.losses.compile import save_loss
+from evomal.losses.lossfile import save_loss
 from evomal.gp.expressions import parse
 from evomal.gp.operators import init_population
 from evomal.core.files import record_seconds
 from evomal.pipeline.contract import PER_SEED_COLUMNS, candidate_dir
-from evomal.pipeline.stages import gather_generation
+from evomal.pipeline.gathering import gather_generation
 from evomal.learning.statistics import summarize
 
 EXPERIMENT = "digits-test"

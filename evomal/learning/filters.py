@@ -17,7 +17,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from evomal.losses.compile import FrozenLoss, baseline_loss, compile_frozen, prepare
+from evomal.losses.codegen import compile_frozen
+from evomal.losses.modules import FrozenLoss, baseline_loss, prepare
 from evomal.learning.devices import derive_seed, make_generator
 from evomal.gp.expressions import Node
 

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from evomal.losses.compile import CompiledLoss, FrozenLoss, baseline_loss, compile_expression, loss_value
+from evomal.losses.codegen import compile_expression
+from evomal.losses.modules import CompiledLoss, FrozenLoss, baseline_loss, loss_value
 from evomal.learning.devices import derive_seed, make_generator
 
 Reinit = Callable[[nn.Module, int], None]

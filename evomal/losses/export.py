@@ -2,7 +2,7 @@
 
 The generated file bakes the meta-learned edge weights in as constants and evaluates the expression as
 straight-line code built from the primitives' code templates (evomal.gp.primitives), so its values and
-gradients equal those of the compiled module (evomal.losses.compile.CompiledLoss) with the same weights.
+gradients equal those of the compiled module (evomal.losses.modules.CompiledLoss) with the same weights.
 It offers ``elementwise(y, f, w)``, ``loss(output, target)`` and an ``nn.Module`` class ``LearnedLoss``.
 """
 from __future__ import annotations

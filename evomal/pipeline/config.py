@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from evomal.methods import list_methods
 from evomal.tasks.spec import component
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -104,7 +105,11 @@ def _cross_key_errors(config: dict) -> list[str]:
         if name not in config["experiments"]:
             errors.append(f"config key run: experiment {name!r} is not defined; defined: "
                           f"{', '.join(config['experiments'])}")
+    methods = list_methods()
     for name, exp in config["experiments"].items():
+        if exp["method"] not in methods:
+            errors.append(f"config key experiments.{name}.method: unknown method {exp['method']!r}; "
+                          f"known: {', '.join(methods)}")
         s = exp["search"]
         if s["crossover"] + s["mutation"] > 1:
             errors.append(f"config key experiments.{name}.search: crossover + mutation must be <= 1, "

@@ -2,6 +2,7 @@
 from evomal.pipeline.config import resolve_config
 from evomal.core.files import read_json
 from evomal.results.report import PLOT_FILES, SUMMARY_HTML, SUMMARY_MD
+from evomal.methods import get_method
 from evomal.pipeline.contract import active_shards
 
 CFG = resolve_config(config)
@@ -27,7 +28,7 @@ def last_generation(name):
 
 
 def searches(name):
-    return CFG["experiments"][name]["method"] != "baseline"
+    return get_method(CFG["experiments"][name]["method"]).searches
 
 
 def gen_path(experiment, gen, name):
@@ -69,11 +70,11 @@ def learned_losses(wildcards):
     """method -> best loss file: this experiment's own and those of the experiments it compares with."""
     exp = exp_of(wildcards)
     losses = {}
-    if exp["method"] != "baseline":
+    if searches(wildcards.experiment):
         losses[exp["method"]] = f"{RESULTS}/{wildcards.experiment}/best/loss.json"
     for other in exp["compare"]:
         method = CFG["experiments"][other]["method"]
-        if method != "baseline":
+        if searches(other):
             losses[method if method not in losses else other] = f"{RESULTS}/{other}/best/loss.json"
     return losses
 

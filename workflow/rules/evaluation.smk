@@ -20,7 +20,7 @@ rule compile:
     log:
         f"{LOGS}/gen_{{gen}}/compile_{{shard}}.log",
     run:
-        from evomal.pipeline.stages import compile_shard
+        from evomal.pipeline.candidates import compile_shard
 
         compile_shard(input[0], int(wildcards.shard), output[0], exp=exp_of(wildcards),
                       recompute=CFG["recompute"], log=log[0])
@@ -41,7 +41,7 @@ rule optimize:
     log:
         f"{LOGS}/gen_{{gen}}/optimize_{{shard}}.log",
     run:
-        from evomal.pipeline.stages import optimize_shard
+        from evomal.pipeline.candidates import optimize_shard
 
         optimize_shard(input.filter, int(wildcards.shard), output[0], exp=exp_of(wildcards),
                        device=CFG["device"], recompute=CFG["recompute"], log=log[0], threads=threads)
@@ -61,7 +61,7 @@ rule evaluate:
     log:
         f"{LOGS}/gen_{{gen}}/evaluate_{{shard}}.log",
     run:
-        from evomal.pipeline.stages import evaluate_shard
+        from evomal.pipeline.candidates import evaluate_shard
 
         evaluate_shard(input.filter, int(wildcards.shard), output[0], exp=exp_of(wildcards),
                        device=CFG["device"], recompute=CFG["recompute"], log=log[0], threads=threads)
@@ -77,7 +77,7 @@ rule best:
     log:
         f"{LOGS}/best.log",
     run:
-        from evomal.pipeline.stages import select_best
+        from evomal.pipeline.selection import select_best
 
         select_best(input[0], f"{RESULTS}/{wildcards.experiment}", output[0], exp=exp_of(wildcards),
                     log=log[0])

@@ -16,7 +16,7 @@ rule experiment_config:
     log:
         f"{LOGS}/config.log",
     run:
-        from evomal.pipeline.stages import write_experiment_config
+        from evomal.pipeline.population import write_experiment_config
 
         write_experiment_config(output[0], experiment=wildcards.experiment, config=CFG, log=log[0])
 
@@ -31,7 +31,7 @@ rule population:
     log:
         f"{LOGS}/gen_{{gen}}/population.log",
     run:
-        from evomal.pipeline.stages import make_population
+        from evomal.pipeline.population import make_population
 
         make_population(output[0], wildcards.experiment, exp_of(wildcards), int(wildcards.gen), log=log[0],
                         **dict(input.items()))
@@ -53,7 +53,7 @@ checkpoint filter:
     log:
         f"{LOGS}/gen_{{gen}}/filter.log",
     run:
-        from evomal.pipeline.stages import filter_population
+        from evomal.pipeline.filtering import filter_population
 
         filter_population(input.population, output[0], exp=exp_of(wildcards), shards=CFG["shards"],
                           device=CFG["device"], prev_archive=input.get("archive"), log=log[0], threads=threads)
@@ -71,7 +71,7 @@ rule gather:
     log:
         f"{LOGS}/gen_{{gen}}/gather.log",
     run:
-        from evomal.pipeline.stages import gather_generation
+        from evomal.pipeline.gathering import gather_generation
 
         gather_generation(input.filter, input.population, output.table, output.archive,
                           generation=int(wildcards.gen), prev_archive=input.get("archive"), log=log[0])

@@ -17,7 +17,7 @@ rule meta_test:
     log:
         f"{LOGS}/meta_test.log",
     run:
-        from evomal.pipeline.stages import meta_test_stage
+        from evomal.pipeline.testing import meta_test_stage
 
         meta_test_stage(dict(input.items()), output.table, output.summary, output.curves,
                         exp=exp_of(wildcards), device=CFG["device"], log=log[0], threads=threads)
@@ -40,7 +40,7 @@ rule transfer:
     log:
         f"{LOGS}/transfer.log",
     run:
-        from evomal.pipeline.stages import transfer_stage
+        from evomal.pipeline.testing import transfer_stage
 
         transfer_stage(dict(input.items()), output.table, output.summary, output.curves,
                        exp=exp_of(wildcards), device=CFG["device"], log=log[0], threads=threads)

@@ -1,0 +1,130 @@
+"""Per-candidate stages over a shard of a generation: compile, optimise (local search), evaluate.
+
+Per-candidate files are the fine-grained checkpoints: a stage job that runs again (after an interruption,
+or ``snakemake -R``) reuses every candidate file whose recorded fingerprint matches its inputs, so no
+finished candidate is recomputed; ``recompute=True`` ignores them.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from evomal.core import files
+from evomal.core.files import record_seconds
+from evomal.core.joblog import JobLog
+from evomal.gp.expressions import parse
+from evomal.learning.context import load_task_for, use_threads
+from evomal.methods import get_method
+from evomal.pipeline.contract import candidate_dir, shard_members
+from evomal.pipeline.faults import failpoint
+from evomal.pipeline.stage_inputs import candidate_seed, learning_setup, resolve
+
+
+def _shard_job(filter_path, shard: int, manifest_path, stage: str, work, log: str | None) -> None:
+    """Run ``work(candidate_record, gen_dir, say) -> (reused: bool)`` over a shard; write the manifest."""
+    t0 = time.perf_counter()
+    say = JobLog(log, prefix=f"{stage} shard {shard}: ")
+    doc = files.read_json(filter_path)
+    gen_dir = Path(filter_path).parent
+    done, reused = [], []
+    for rec in shard_members(doc, shard):
+        c0 = time.perf_counter()
+        was_reused = work(rec, gen_dir, say)
+        (reused if was_reused else done).append(rec["id"])
+        say(f"{rec['id']} {'reused' if was_reused else 'done'} in {time.perf_counter() - c0:.2f}s  "
+            f"{rec['expression']}")
+        failpoint(stage)  # after a finished candidate: a resumed job must not redo it
+    files.write_json(manifest_path, {"stage": stage, "shard": shard, "computed": done, "reused": reused})
+    record_seconds(manifest_path, f"{stage}_{shard}", time.perf_counter() - t0)
+
+
+def compile_shard(filter_path, shard: int, manifest_path, *, exp: dict, recompute: bool = False,
+                  log: str | None = None) -> None:
+    """Expression -> loss network file with its initial edge weights (DESIGN §1.3)."""
+    from evomal.losses.lossfile import save_loss
+
+    method = get_method(exp["method"])
+    kind = load_task_for(exp["dataset"], seed=exp["seed"], device=resolve("cpu")).kind
+
+    def work(rec, gen_dir, say):
+        path = candidate_dir(gen_dir, rec["id"]) / "loss.json"
+        fp = files.fingerprint(rec["expression"], exp["method"], exp["seed"])
+        if not recompute and path.exists() and files.read_json(path).get("fingerprint") == fp:
+            return True
+        tree = parse(rec["expression"])
+        weights = method.initial_weights(tree, seed=candidate_seed(exp, rec["id"]))
+        save_loss(path, tree, kind, weights, id=rec["id"], fingerprint=fp)
+        return False
+
+    _shard_job(filter_path, shard, manifest_path, "compile", work, log)
+
+
+def optimize_shard(filter_path, shard: int, manifest_path, *, exp: dict, device: str = "cpu",
+                   recompute: bool = False, log: str | None = None, threads: int = 1) -> None:
+    """Unrolled-differentiation local search of the edge weights (DESIGN §1.4), for methods that have one."""
+    use_threads(threads)
+    from evomal.losses.lossfile import load_loss
+    from evomal.learning.training import unrolled_local_search
+
+    dev, task, build, settings = learning_setup(exp, device)
+    ls = exp["local_search"]
+    skip_reason = get_method(exp["method"]).skip_local_search_reason(ls["meta_steps"])
+
+    def work(rec, gen_dir, say):
+        cdir = candidate_dir(gen_dir, rec["id"])
+        out = cdir / "optimized.pt"
+        fp = files.fingerprint(files.file_digest(cdir / "loss.json"), exp["method"], ls, exp["training"],
+                               exp["dataset"], exp["model"], exp["seed"])
+        if not recompute and out.exists() and files.read_tensors(out).get("fingerprint") == fp:
+            return True
+        loss = load_loss(cdir / "loss.json").to(dev)
+        if skip_reason is not None:
+            result = {"weights": loss.weights.detach().cpu().clone(), "curve": [], "status": "skipped",
+                      "reason": skip_reason, "seconds": 0.0}
+        else:
+            r = unrolled_local_search(loss, task, build(exp["seed"]), steps=ls["meta_steps"],
+                                      meta_lr=ls["meta_lr"], inner_steps=ls["inner_steps"],
+                                      seed=exp["seed"], **settings.optimizer_kwargs())
+            result = {"weights": r.weights.detach().cpu().clone(), "curve": list(map(float, r.curve)),
+                      "status": r.status, "reason": r.reason or "", "seconds": float(r.seconds)}
+            if r.status != "ok":
+                say(f"{rec['id']}: local search stopped: {r.reason}")
+        result["fingerprint"] = fp
+        files.write_tensors(out, result)
+        return False
+
+    _shard_job(filter_path, shard, manifest_path, "optimize", work, log)
+
+
+def evaluate_shard(filter_path, shard: int, manifest_path, *, exp: dict, device: str = "cpu",
+                   recompute: bool = False, log: str | None = None, threads: int = 1) -> None:
+    """Fitness by partial training (DESIGN §1.6); a bad loss gets inf with its reason, never an error."""
+    use_threads(threads)
+    from evomal.losses.lossfile import load_loss
+    from evomal.learning.training import fitness
+
+    dev, task, build, settings = learning_setup(exp, device)
+
+    def work(rec, gen_dir, say):
+        cdir = candidate_dir(gen_dir, rec["id"])
+        out = cdir / "fitness.json"
+        opt = files.read_tensors(cdir / "optimized.pt")
+        # the learned weights, not the file: optimized.pt also holds wall-clock seconds
+        fp = files.fingerprint(opt["weights"].tolist(), files.file_digest(cdir / "loss.json"),
+                               exp["training"], exp["dataset"], exp["model"], exp["seed"])
+        if not recompute and out.exists() and files.read_json(out).get("fingerprint") == fp:
+            return True
+        loss = load_loss(cdir / "loss.json").to(dev)
+        loss.weights.data.copy_(opt["weights"].to(dev))
+        r = fitness(loss, task, build(exp["seed"]), steps=settings.steps, seed=exp["seed"],
+                    **settings.optimizer_kwargs())
+        files.write_json(out, {"id": rec["id"], "expression": rec["expression"], "fitness": float(r.fitness),
+                               "reason": r.reason or "", "curve": r.curve,
+                               "timings": {"local_search": float(opt.get("seconds", 0.0)),
+                                           "fitness": float(r.seconds)},
+                               "fingerprint": fp})
+        if r.reason:
+            say(f"{rec['id']}: fitness inf: {r.reason}")
+        return False
+
+    _shard_job(filter_path, shard, manifest_path, "evaluate", work, log)

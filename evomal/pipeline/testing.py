@@ -1,0 +1,96 @@
+"""Meta-testing (DESIGN §1.7): learned losses against the baseline from scratch, and transfer."""
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+
+from evomal.core import files
+from evomal.core.files import record_seconds
+from evomal.core.joblog import JobLog
+from evomal.learning.context import TrainingSettings, load_task_for, model_factory, use_threads
+from evomal.pipeline.contract import PER_SEED_COLUMNS
+from evomal.pipeline.faults import failpoint
+from evomal.pipeline.stage_inputs import resolve
+from evomal.tasks.spec import component
+
+
+def _test_losses(loss_paths: dict, kind: str, device) -> dict:
+    from evomal.losses.lossfile import load_loss
+    from evomal.losses.modules import baseline_loss
+
+    losses = {"baseline": baseline_loss(kind)}
+    for method, path in loss_paths.items():
+        loss = load_loss(path).to(device)
+        if loss.kind != kind:
+            raise ValueError(f"{path}: a {loss.kind} loss cannot train a {kind} task")
+        losses[method] = loss
+    return losses
+
+
+def _run_meta_test(target: str, dataset, model, losses_by_path: dict, *, exp: dict, steps: int, device,
+                   say) -> tuple[list[dict], dict]:
+    from evomal.learning.training import meta_test
+
+    task = load_task_for(dataset, seed=exp["seed"], device=device)
+    build = model_factory(model, task, device)
+    mt = exp["meta_test"]
+    settings = TrainingSettings.from_config(exp["training"])
+    losses = _test_losses(losses_by_path, task.kind, device)
+    results = meta_test(losses, task, build, seeds=mt["seeds"], steps=steps, milestones=mt["milestones"],
+                        gamma=mt["gamma"], eval_every=mt["eval_every"], **settings.optimizer_kwargs())
+    metric = "error_rate" if task.kind == "classification" else "mse"
+    rows, curves = [], {}
+    for r in results:
+        rows.append({"target": target, "method": r.method, "seed": r.seed, "test_metric": float(r.test_metric),
+                     "metric": metric, "diverged": bool(r.diverged), "reason": r.reason or ""})
+        curves[f"{r.method}/{r.seed}"] = r.curve
+        say(f"{target} {r.method} seed {r.seed}: test {metric} {float(r.test_metric):.4f}")
+    return rows, curves
+
+
+def _target_name(dataset, model) -> str:
+    return f"{component(dataset)[0]}/{component(model)[0]}"
+
+
+def meta_test_stage(loss_paths: dict, out_table, out_summary, out_curves, *, exp: dict, device: str = "cpu",
+                    log: str | None = None, threads: int = 1) -> None:
+    """DESIGN §1.7: learned losses (method -> best/loss.json) against the baseline, same seeds."""
+    use_threads(threads)
+    from evomal.learning.statistics import summarize
+
+    t0 = time.perf_counter()
+    say = JobLog(log, echo=True, prefix="meta-test: ")
+    dev = resolve(device)
+    rows, curves = _run_meta_test(_target_name(exp["dataset"], exp["model"]), exp["dataset"], exp["model"],
+                                  loss_paths, exp=exp, steps=exp["meta_test"]["steps"], device=dev, say=say)
+    frame = pd.DataFrame(rows, columns=PER_SEED_COLUMNS)
+    failpoint("meta_test")
+    files.write_tsv(out_table, frame)
+    files.write_tsv(out_summary, summarize(frame))
+    files.write_json(out_curves, {"curves": curves})
+    record_seconds(out_table, "meta_test", time.perf_counter() - t0)
+
+
+def transfer_stage(loss_paths: dict, out_table, out_summary, out_curves, *, exp: dict, device: str = "cpu",
+                   log: str | None = None, threads: int = 1) -> None:
+    """The same losses, unchanged, train every (dataset, model) target of the config."""
+    use_threads(threads)
+    from evomal.learning.statistics import summarize
+
+    t0 = time.perf_counter()
+    say = JobLog(log, echo=True, prefix="transfer: ")
+    dev = resolve(device)
+    rows, curves = [], {}
+    for target in exp["transfer"]:
+        name = _target_name(target["dataset"], target["model"])
+        r, c = _run_meta_test(name, target["dataset"], target["model"], loss_paths, exp=exp,
+                              steps=target.get("steps", exp["meta_test"]["steps"]), device=dev, say=say)
+        rows += r
+        curves.update({f"{name}/{k}": v for k, v in c.items()})
+    frame = pd.DataFrame(rows, columns=PER_SEED_COLUMNS)
+    failpoint("transfer")
+    files.write_tsv(out_table, frame)
+    files.write_tsv(out_summary, summarize(frame))
+    files.write_json(out_curves, {"curves": curves})
+    record_seconds(out_table, "transfer", time.perf_counter() - t0)
