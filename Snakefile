@@ -28,6 +28,17 @@ onstart:
     record_lock_owner()
 
 
+from evomal.pipeline.progress import quiet_scheduler
+
+quiet_scheduler(workflow)  # the default profile's --quiet also hides the scheduler's per-job lines
+
+
+onsuccess:
+    from evomal.results.report.verdict import print_run_summary
+
+    print_run_summary(CFG)  # the verdict of each experiment and the `evomal show` command
+
+
 include: "workflow/rules/common.smk"  # resolves the config: errors name the key and the allowed values
 
 
@@ -39,6 +50,7 @@ include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/testing.smk"
 include: "workflow/rules/tracking.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/analysis.smk"
 
 
 rule all:

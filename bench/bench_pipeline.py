@@ -2,7 +2,8 @@
 
     python bench/bench_pipeline.py overhead      # default experiment: wall x cores / recorded compute seconds
     python bench/bench_pipeline.py throughput    # candidates fully evaluated per core-minute (digits, diabetes)
-    python bench/bench_pipeline.py filters       # share of candidates each filter spared, 10 generations
+    python bench/bench_pipeline.py filters       # share of candidates each filter spared, 10 generations;
+                                                 # then both rejection measures on its distinct expressions
     python bench/bench_pipeline.py scaling       # seconds per generation: population 12/25/50, shards 1/2
     python bench/bench_pipeline.py reference     # diabetes-mlp-ref preset against the authors' timing
     python bench/bench_pipeline.py all           # all of the above, in sequence
@@ -392,7 +393,9 @@ def bench_filters(args) -> str:
            "search": {"population": 16, "generations": args.generations},
            "local_search": {"meta_steps": 20}, "training": {"steps": 100, "lr": 0.01, "momentum": 0.9},
            "meta_test": {"steps": 10, "seeds": [0], "eval_every": 10}}
-    wdir = fresh(Path(args.workdir) / "filters")
+    wdir = Path(args.workdir) / "filters"
+    if not (args.reuse and (wdir / "run.json").exists()):
+        fresh(wdir)
     r = search_run(wdir, "filters-digits", exp, args)
     kinds = ["evaluate", "equivalent", "rejected", "gradient_equivalent", "invalid"]
     rows, tot = [], {k: 0 for k in kinds}
@@ -411,13 +414,29 @@ def bench_filters(args) -> str:
     return "\n".join([
         "## Pipeline filter savings", "", f"`{args.command}`", "",
         f"A {r['generations']}-generation search on digits (population 16, MLP [100, 100], 20 meta steps, 100 "
-        f"fitness steps, filters at their defaults: symbolic equivalence, rejection protocol 100 steps, gradient "
+        f"fitness steps, filters at their defaults: symbolic equivalence, rejection protocol 100 steps on the error "
+        f"rate, gradient "
         f"equivalence tolerance 0.01; elitism 1 per generation). Per generation, how many candidates skipped "
         f"local search and fitness, and which filter decided (an `equivalent` / `gradient_equivalent` "
         f"candidate reuses an archived fitness, a `rejected` one gets +inf). snakemake rc {r['rc']}, "
         f"{r['wall']:.0f} s wall.", "",
         md_table(["gen", "candidates", "equivalent", "rejected", "gradient_equivalent", "invalid", "skipped",
-                  "evaluated"], rows), ""])
+                  "evaluated"], rows), "", *rejection_measure_lines(wdir, r["gdirs"])])
+
+
+def rejection_measure_lines(wdir: Path, gdirs) -> list[str]:
+    """The search's distinct expressions under both rejection measures (bench/rejection_measures.py)."""
+    import json
+
+    import yaml
+
+    from evomal.pipeline.config import resolve_config
+    from rejection_measures import compare, section_lines
+
+    exp = next(iter(resolve_config(yaml.safe_load((wdir / "config.yaml").read_text()))["experiments"].values()))
+    expressions = sorted({i["expression"] for g in gdirs
+                          for i in json.loads((g / "population.json").read_text())["individuals"]})
+    return section_lines(compare(expressions, exp), md_table)
 
 
 # --------------------------------------------------------------------------- scaling
@@ -548,7 +567,8 @@ def main(argv=None) -> None:
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     p.add_argument("--note", default="", help="a paragraph added to the section(s) written")
     p.add_argument("--reuse", action="store_true",
-                   help="overhead, throughput, reference: re-render the tables of the last run in --workdir (no snakemake)")
+                   help="overhead, throughput, filters, reference: re-render the tables of the last run in --workdir "
+                        "(no snakemake)")
     args = p.parse_args(argv)
     args.hidden = [int(h) for h in args.hidden.split(",") if h]
     what = [w for w in SECTIONS if w != "gpu-note"] if "all" in args.what else args.what

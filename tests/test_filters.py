@@ -1,6 +1,7 @@
 """Filters: the rejection protocol and gradient signatures."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -10,9 +11,10 @@ from evomal.learning.filters import gradient_signature, rejection_test, signatur
 from evomal.tasks.models import build_model
 
 CE = "mul(-1, mul(y, log(f)))"
-
-
-
+#: Pushes every class probability towards 1/C but holds the true class just below the others: the
+#: cross-entropy of untrained predictions falls (towards 2.320 for 10 classes), yet every sample ends
+#: misclassified (error rate 1). The task metric rejects it, the task loss accepts it.
+LOWERS_CE_RAISES_ERROR = "sub(mul(y, square(f)), log(f))"
 
 
 def run(expression, task, **kw):
@@ -37,6 +39,53 @@ def test_rejection_protocol_accepts_cross_entropy_and_squared_error(digits, diab
     assert r.accepted and r.improvement > 0.1 and r.after < r.before and "accepted" in r.reason
     r = run("square(sub(y, f))", diabetes)
     assert r.accepted and r.improvement > 0
+
+
+def test_rejection_protocol_decides_on_the_task_metric_by_default(digits):
+    """DESIGN §1.5 (2): the error rate, not the cross-entropy, must improve; task_loss is the option."""
+    by_metric, by_loss = run(LOWERS_CE_RAISES_ERROR, digits), run(LOWERS_CE_RAISES_ERROR, digits, measure="task_loss")
+    assert by_metric.measure == "metric" and by_loss.measure == "task_loss"
+    assert not by_metric.accepted and by_metric.after == 1.0 and by_metric.before < 0.95
+    assert by_metric.improvement == pytest.approx(by_metric.before - 1.0)
+    assert (f"does not improve the task metric: task metric (error rate) {by_metric.before:.6g} -> 1 "
+            in by_metric.reason), by_metric.reason
+    assert by_loss.accepted and by_loss.after < by_loss.before - 0.01
+    assert by_loss.reason.startswith(f"accepted: task loss (cross-entropy) {by_loss.before:.6g} -> "
+                                     f"{by_loss.after:.6g}"), by_loss.reason
+    ce = run(CE, digits)
+    assert ce.accepted and ce.after == 0.0 and "task metric (error rate)" in ce.reason
+
+
+def test_rejection_measures_agree_for_regression_and_unknown_ones_fail(digits, diabetes):
+    a, b = run("square(sub(y, f))", diabetes), run("square(sub(y, f))", diabetes, measure="task_loss")
+    assert a.accepted and b.accepted and (a.before, a.after) == pytest.approx((b.before, b.after))
+    assert "task metric (MSE)" in a.reason and "task loss (MSE)" in b.reason
+    with pytest.raises(ValueError, match=r"unknown rejection measure 'error'; known: metric, task_loss"):
+        run(CE, digits, measure="error")
+
+
+@pytest.mark.parametrize("measure,decision", [("metric", "rejected"), ("task_loss", "evaluate")])
+def test_filter_stage_uses_the_configured_rejection_measure(tmp_path, measure, decision):
+    from evomal.pipeline.config import resolve_config
+    from evomal.pipeline.filtering import filter_population
+    from workflow_utils import tiny_config
+
+    config = tiny_config(training={"lr": 0.01}, filters={"rejection_steps": 100, "rejection_samples": 100,
+                                                         "gradient": False, "rejection_measure": measure})
+    exp = resolve_config(config)["experiments"]["tiny"]
+    assert exp["filters"]["rejection_measure"] == measure  # part of the filter rule's params
+    population = tmp_path / "population.json"
+    population.write_text(json.dumps({"generation": 0, "individuals": [
+        {"id": "g0-0", "expression": LOWERS_CE_RAISES_ERROR, "parents": [], "origin": "init"},
+        {"id": "g0-1", "expression": CE, "parents": [], "origin": "init"}]}))
+    filter_population(population, tmp_path / "filter.json", exp=exp, shards=1)
+    odd, ce = json.loads((tmp_path / "filter.json").read_text())["candidates"]
+    assert (odd["decision"], ce["decision"]) == (decision, "evaluate")
+    assert odd["rejection_measure"] == ce["rejection_measure"] == measure
+    if measure == "metric":
+        assert "task metric (error rate)" in odd["reason"] and odd["rejection_improvement"] < 0
+    else:
+        assert odd["reason"] == "new loss" and odd["rejection_improvement"] > 0
 
 
 def test_rejection_protocol_is_deterministic_and_rejects_non_finite(digits, diabetes):

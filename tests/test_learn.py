@@ -158,7 +158,18 @@ def test_fitness_of_a_good_loss_beats_chance(digits):
     r = fitness(CompiledLoss(tree, "classification"), digits, small_mlp(digits), steps=150, seed=0,
                 eval_every=50, **SETTINGS)
     assert r.reason is None and r.fitness < 0.3
-    assert [c[0] for c in r.curve] == [50, 100, 150] and r.curve[-1][2] == r.fitness
+    assert [c[0] for c in r.curve] == [0, 50, 100, 150] and r.curve[-1][2] == r.fitness
+    assert math.isnan(r.curve[0][1]) and r.curve[0][2] > 0.5  # the untrained network: no training loss yet
+
+
+def test_fitness_curve_has_ten_points_by_default_and_evaluating_does_not_change_training(digits):
+    loss = CompiledLoss(parse(CE), "classification")
+    dense, sparse = small_mlp(digits), small_mlp(digits)
+    a = fitness(loss, digits, dense, steps=60, seed=0, **SETTINGS)
+    b = fitness(loss, digits, sparse, steps=60, seed=0, eval_every=60, **SETTINGS)
+    assert [c[0] for c in a.curve] == list(range(0, 61, 6)) and [c[0] for c in b.curve] == [0, 60]
+    assert a.fitness == b.fitness
+    assert all(torch.equal(p, q) for p, q in zip(dense.parameters(), sparse.parameters()))
 
 
 @pytest.mark.parametrize("expression,weights", [
@@ -202,8 +213,16 @@ def test_meta_test_gives_every_method_the_same_seeds_and_batches(digits):
     for a, b in zip(results[::2], results[1::2]):
         # CE written as an expression differs from CE only by the 1e-7 clamp: same init, same batches
         assert abs(a.test_metric - b.test_metric) <= 2 / digits.y_test.shape[0]
-        assert not a.diverged and len(a.curve) == 2 and a.seconds > 0
+        assert not a.diverged and [c[0] for c in a.curve] == [0, 30, 60] and a.seconds > 0
     assert results[0].test_metric != results[2].test_metric or results[0].curve != results[2].curve
+
+
+def test_meta_test_reports_each_run_as_it_ends(digits):
+    seen = []
+    losses = {"baseline": baseline_loss("classification"), "ce_expression": CompiledLoss(CE, "classification")}
+    results = meta_test(losses, digits, lambda seed: small_mlp(digits, seed=seed), seeds=[0, 1], steps=5,
+                        on_result=lambda r: seen.append((r.method, r.seed, len(seen))), **SETTINGS)
+    assert seen == [(r.method, r.seed, i) for i, r in enumerate(results)]
 
 
 def test_batch_sampler_epochs_and_determinism():

@@ -76,7 +76,7 @@ def contract_files(exp_dir: Path) -> dict[str, bytes]:
             out[f"{gen.name}/{name}"] = (gen / name).read_bytes()
         for cand in sorted((gen / "candidates").glob("*")):
             out[f"{gen.name}/candidates/{cand.name}/loss.json"] = (cand / "loss.json").read_bytes()
-    for name in ["best/loss.json", "meta_test.tsv", "meta_test_summary.tsv", "transfer.tsv"]:
+    for name in ["finalists.tsv", "best/loss.json", "meta_test.tsv", "meta_test_summary.tsv", "transfer.tsv"]:
         if (exp_dir / name).exists():
             out[name] = (exp_dir / name).read_bytes()
     return out

@@ -21,7 +21,7 @@ from typing import Iterator
 from evomal.gp.expressions import Node, parse, repair
 from evomal.gp.primitives import CONSTANTS, PRIMITIVES, VARIABLES
 
-ORIGINS = ("init", "crossover", "mutation", "copy", "elite")
+ORIGINS = ("init", "anchor", "crossover", "mutation", "copy", "elite")
 
 #: DEAP terminal names of our constants (DEAP needs identifiers; "1"/"-1" would be evaluated).
 _CONSTANT_NAMES = {"1": "one", "-1": "minus_one"}

@@ -1,7 +1,8 @@
 """Cheap filters that run before any expensive work on a candidate loss (DESIGN §1.5, items 2 and 3).
 
 * :func:`rejection_test` - does minimising the candidate loss directly over a few predictions improve
-  the task loss at all? If not, the loss cannot train a network and is rejected (fitness +inf).
+  the task metric (error rate / MSE, as the reference decides; or, as an option, the task loss) at all?
+  If not, the loss cannot train a network and is rejected (fitness +inf).
 * :func:`gradient_signature` / :func:`signatures_match` - two losses whose per-sample gradient norms
   agree at fixed inputs drive training the same way, so the archived fitness can be reused.
 
@@ -20,10 +21,15 @@ from torch import Tensor, nn
 from evomal.losses.codegen import compile_frozen
 from evomal.losses.modules import FrozenLoss, baseline_loss, prepare
 from evomal.learning.devices import derive_seed, make_generator
+from evomal.learning.training import metric
 from evomal.gp.expressions import Node
 
-#: Improvements of the mean task loss at or below this are rounding noise, not learning.
+#: Improvements of the mean measure at or below this are rounding noise, not learning.
 MIN_IMPROVEMENT = 1e-6
+
+#: What the rejection protocol compares before and after: ``metric`` (DESIGN §1.5, the reference) or
+#: ``task_loss`` (cross-entropy / MSE; accepts losses that lower CE while the error rate rises).
+REJECTION_MEASURES = ("metric", "task_loss")
 
 
 @dataclass
@@ -33,6 +39,19 @@ class RejectionResult:
     reason: str
     before: float = math.nan
     after: float = math.nan
+    measure: str = "metric"
+
+
+def _measure(measure: str, kind: str) -> tuple[str, Callable[[Tensor, Tensor], float]]:
+    """(readable name, function of (predictions, target)) of a rejection measure."""
+    if measure == "task_loss":
+        loss = baseline_loss(kind)
+        return ("cross-entropy" if kind == "classification" else "MSE"), lambda p, t: float(loss(p, t))
+    if measure == "metric":
+        # the fitness metric itself, applied to the predictions (an identity network)
+        return (("error rate" if kind == "classification" else "MSE"),
+                lambda p, t: metric(nn.Identity(), p, t, kind))
+    raise ValueError(f"unknown rejection measure {measure!r}; known: {', '.join(REJECTION_MEASURES)}")
 
 
 def _default_reinit() -> Callable[[nn.Module, int], None]:
@@ -53,14 +72,17 @@ def _untrained_predictions(model: nn.Module, x: Tensor) -> Tensor:
 
 def rejection_test(tree: Node, task, model: nn.Module, *, samples: int = 100, steps: int = 100, lr: float,
                    seed: int, min_improvement: float = MIN_IMPROVEMENT,
-                   reinit: Callable[[nn.Module, int], None] | None = None) -> RejectionResult:
+                   reinit: Callable[[nn.Module, int], None] | None = None,
+                   measure: str = "metric") -> RejectionResult:
     """DESIGN §1.5 (2): optimise the predictions of an untrained network directly under the candidate.
 
     ``samples`` training samples (seeded) get the predictions of ``model`` re-initialised from
     ``seed``; Adam at ``lr`` minimises the candidate loss over those predictions for ``steps`` steps.
-    improvement = task loss (CE / MSE, mean over the samples) before minus after; the loss is accepted
-    only if it is finite and above ``min_improvement``.
+    improvement = ``measure`` over the samples before minus after: the task metric (error rate / MSE,
+    ``"metric"``) or the task loss (CE / MSE, ``"task_loss"``); the loss is accepted only if it is
+    finite and above ``min_improvement``. The reason names the measure and its numbers.
     """
+    name, measure_of = _measure(measure, task.kind)  # an unknown measure fails before any work
     kind = task.kind
     x, y = task.x_train, task.y_train
     gen = make_generator(derive_seed(seed, "rejection-samples"), x.device)
@@ -68,33 +90,32 @@ def rejection_test(tree: Node, task, model: nn.Module, *, samples: int = 100, st
     (reinit or _default_reinit())(model, seed)
     preds = _untrained_predictions(model, x[idx]).double()
     target = y[idx] if kind == "classification" else y[idx].double()
-    task_loss = baseline_loss(kind)
     candidate = FrozenLoss(tree, kind)
 
-    before = float(task_loss(preds, target))
+    before = measure_of(preds, target)
     p = preds.clone().requires_grad_(True)
     opt = torch.optim.Adam([p], lr=lr)
     for _ in range(steps):
         value = candidate(p, target)
         if not value.requires_grad:
             return RejectionResult(False, 0.0, "rejected: the loss does not depend on the prediction",
-                                   before, before)
+                                   before, before, measure)
         opt.zero_grad(set_to_none=True)
         value.backward()
         opt.step()
     with torch.no_grad():
-        after = float(task_loss(p, target))
+        after = measure_of(p.detach(), target)
     improvement = before - after
-    name = "cross-entropy" if kind == "classification" else "MSE"
-    numbers = f"task {name} {before:.6g} -> {after:.6g} (improvement {improvement:.3g})"
+    what = "task metric" if measure == "metric" else "task loss"
+    numbers = f"{what} ({name}) {before:.6g} -> {after:.6g} (improvement {improvement:.3g})"
     if not math.isfinite(improvement):
-        return RejectionResult(False, improvement, f"rejected: non-finite {numbers}", before, after)
+        return RejectionResult(False, improvement, f"rejected: non-finite {numbers}", before, after, measure)
     if improvement <= min_improvement:
         return RejectionResult(False, improvement,
-                               f"rejected: minimising the loss does not improve the task loss: {numbers}, "
-                               f"needs > {min_improvement:g} over {samples} samples and {steps} Adam steps",
-                               before, after)
-    return RejectionResult(True, improvement, f"accepted: {numbers}", before, after)
+                               f"rejected: minimising the loss does not improve the {what}: {numbers}, "
+                               f"needs > {min_improvement:g} over {len(idx)} samples and {steps} Adam steps",
+                               before, after, measure)
+    return RejectionResult(True, improvement, f"accepted: {numbers}", before, after, measure)
 
 
 def gradient_signature(tree: Node, kind: str, num_classes: int, *, seed: int, samples: int = 32) -> list[float]:

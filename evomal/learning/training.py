@@ -18,11 +18,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from evomal.losses.codegen import compile_expression
 from evomal.losses.modules import CompiledLoss, FrozenLoss, baseline_loss, loss_value
 from evomal.learning.devices import derive_seed, make_generator
 
 Reinit = Callable[[nn.Module, int], None]
+
+#: points of a fitness training curve besides step 0 (more only add validation passes, never change training)
+CURVE_POINTS = 10
 
 
 def _default_reinit() -> Reinit:
@@ -117,7 +119,8 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], task, *
     """Train ``model`` in place with SGD (+ MultiStepLR over steps) under ``loss_fn``.
 
     Batches come from ``seed`` alone, so two losses trained with one seed see the same batches.
-    The validation metric is taken every ``eval_every`` steps and always after the last step.
+    The validation metric is taken every ``eval_every`` steps and always after the last step; with
+    ``eval_every`` also before the first (step 0, training loss NaN). Evaluating does not change training.
     Divergence (a non-finite loss or parameter, checked every ``check_every`` steps to avoid a device
     sync per step) stops training early with ``diverged=True`` and a reason; so does a loss that does
     not depend on the network output (``diverged=False``, with a reason).
@@ -141,8 +144,9 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], task, *
     def finish(diverged: bool, reason: str | None) -> TrainResult:
         return TrainResult(curve, diverged, reason, step, time.perf_counter() - t0)
 
-    if steps <= 0:  # nothing to train: still one point, so callers always find a final metric
+    if steps <= 0 or eval_every:  # the curve starts at the untrained network (no training loss yet)
         curve.append((0, math.nan, metric(model, x_val, y_val, kind)))
+    if steps <= 0:  # nothing to train: still one point, so callers always find a final metric
         return finish(False, None)
 
     for step in range(1, steps + 1):
@@ -188,8 +192,14 @@ class FitnessResult:
 def fitness(loss, task, model: nn.Module, *, steps: int = 500, lr: float, momentum: float = 0.0,
             nesterov: bool = False, weight_decay: float = 0.0, batch_size: int = 128, seed: int,
             eval_every: int | None = None, reinit: Reinit | None = None) -> FitnessResult:
-    """DESIGN §1.6: re-initialise ``model`` from ``seed``, train ``steps`` SGD steps, score on validation."""
+    """DESIGN §1.6: re-initialise ``model`` from ``seed``, train ``steps`` SGD steps, score on validation.
+
+    ``eval_every`` defaults to a tenth of ``steps``: the curve (for the tracking) has 11 points, step 0
+    included; the fitness is the metric after the last step either way.
+    """
     t0 = time.perf_counter()
+    if eval_every is None:
+        eval_every = max(1, steps // CURVE_POINTS)
     (reinit or _default_reinit())(model, seed)
     result = train(model, loss, task, steps=steps, lr=lr, momentum=momentum, nesterov=nesterov,
                    weight_decay=weight_decay, batch_size=batch_size, seed=seed, eval_every=eval_every)
@@ -280,26 +290,35 @@ class LocalSearchResult:
 def unrolled_local_search(loss: CompiledLoss, task, model: nn.Module, *, steps: int = 250,
                           meta_lr: float = 1e-3, inner_steps: int = 1, lr: float, momentum: float = 0.0,
                           nesterov: bool = False, weight_decay: float = 0.0, batch_size: int = 128,
-                          seed: int, reinit: Reinit | None = None) -> LocalSearchResult:
-    """DESIGN §1.4: optimise the edge weights of ``loss`` by differentiating through SGD steps.
+                          seed: int, reinit: Reinit | None = None, plan=None) -> LocalSearchResult:
+    """DESIGN §1.4: optimise the edge weights of ``loss`` (any loss module's ``weights``: ML3's network
+    too) by differentiating through SGD steps.
 
     Each meta step re-initialises ``model`` (seed derived from ``(seed, step)``), takes ``inner_steps``
     differentiable SGD steps on training batches under the candidate loss, measures the task loss
     (CE / MSE) on a validation batch and takes an Adam step on the weights. ``loss`` is not modified;
     the learned weights are returned. A non-finite meta-loss or meta-gradient stops the search and
     keeps the weights reached so far (all finite), with status "failed".
+
+    ``plan`` (an :class:`evomal.learning.plan.LocalSearchPlan` built for the same task, model, seed and
+    settings) supplies the initial networks and batches that every candidate shares; the result is
+    bitwise the same as without it.
     """
     t0 = time.perf_counter()
     reinit = reinit or _default_reinit()
     kind = task.kind
     if loss.kind != kind:
         raise ValueError(f"a {loss.kind} loss cannot be meta-learned on the {kind} task {task.name!r}")
-    fn = compile_expression(loss.tree)
+    # the element-wise function of the parameters: compile_expression(tree) for a CompiledLoss, the
+    # network for ML3's NeuralLoss (evomal.losses.families): the same search tunes any loss's parameters
+    fn = loss.compiled
     x, y = _split(task, "train")
     x_val, y_val = _split(task, "val")
     device = x.device
     weights = loss.weights.detach().to(device=device, dtype=torch.float32).clone().requires_grad_(True)
     opt = torch.optim.Adam([weights], lr=meta_lr)
+    if plan is not None:  # the initial networks and batches, shared by the candidates of a job
+        plan.check(task, steps=steps, inner_steps=inner_steps, batch_size=batch_size, seed=seed)
     train_batches = BatchSampler(x.shape[0], batch_size, derive_seed(seed, "meta-train-batches"), device)
     val_batches = BatchSampler(x_val.shape[0], batch_size, derive_seed(seed, "meta-val-batches"), device)
     was_training = model.training
@@ -308,13 +327,18 @@ def unrolled_local_search(loss: CompiledLoss, task, model: nn.Module, *, steps: 
     status, reason = "ok", None
     try:
         for step in range(steps):
-            reinit(model, derive_seed(seed, "meta-init", step))
-            params = {n: p.detach().requires_grad_(True) for n, p in model.named_parameters()}
-            batches = []
-            for _ in range(inner_steps):
-                idx = train_batches.next()
-                batches.append((x[idx], y[idx]))
-            vidx = val_batches.next()
+            if plan is not None:
+                params = plan.initial_params(step, model, reinit)
+                batches = [(x[idx], y[idx]) for idx in plan.train_indices[step]]
+                vidx = plan.val_indices[step]
+            else:
+                reinit(model, derive_seed(seed, "meta-init", step))
+                params = {n: p.detach().requires_grad_(True) for n, p in model.named_parameters()}
+                batches = []
+                for _ in range(inner_steps):
+                    idx = train_batches.next()
+                    batches.append((x[idx], y[idx]))
+                vidx = val_batches.next()
             meta_loss, grad = meta_gradient(fn, kind, weights, model, params, batches, (x_val[vidx], y_val[vidx]),
                                             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
             # one device sync per meta step: the curve value and the finiteness check together
@@ -351,8 +375,12 @@ class MetaTestResult:
 def meta_test(losses: Mapping[str, Callable], task, build: Callable[[int], nn.Module], *, seeds: Iterable[int],
               steps: int, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
               batch_size: int = 128, milestones: Iterable[int] = (), gamma: float = 0.1,
-              eval_every: int | None = None) -> list[MetaTestResult]:
-    """DESIGN §1.7: every method trains ``build(seed)`` with the same seed, settings and batch order."""
+              eval_every: int | None = None,
+              on_result: Callable[[MetaTestResult], None] | None = None) -> list[MetaTestResult]:
+    """DESIGN §1.7: every method trains ``build(seed)`` with the same seed, settings and batch order.
+
+    ``on_result`` is called with each result as soon as its run ends (progress for people).
+    """
     results = []
     milestones = tuple(milestones)
     for seed in seeds:
@@ -366,4 +394,6 @@ def meta_test(losses: Mapping[str, Callable], task, build: Callable[[int], nn.Mo
             test = math.inf if r.reason is not None else metric(model, x_test, y_test, task.kind)
             results.append(MetaTestResult(method, seed, test, r.curve, time.perf_counter() - t0,
                                           r.diverged, r.reason))
+            if on_result is not None:
+                on_result(results[-1])
     return results

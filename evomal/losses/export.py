@@ -4,6 +4,8 @@ The generated file bakes the meta-learned edge weights in as constants and evalu
 straight-line code built from the primitives' code templates (evomal.gp.primitives), so its values and
 gradients equal those of the compiled module (evomal.losses.modules.CompiledLoss) with the same weights.
 It offers ``elementwise(y, f, w)``, ``loss(output, target)`` and an ``nn.Module`` class ``LearnedLoss``.
+Losses of the other families (ML3's network, TaylorGLO's polynomial) export through ``family_source``
+with the same interface.
 """
 from __future__ import annotations
 
@@ -98,8 +100,7 @@ def torch_source(tree: Node, kind: str, weights: list[float], *, meta: dict | No
         raise ValueError(f"{len(weights)} weights for an expression with {tree.num_edges} edges")
     meta = meta or {}
     names = [f"w{i}" for i in range(len(weights))]
-    usage = ("logits (N, C) and integer class indices (N,)" if kind == "classification"
-             else "predictions and targets of the same shape, e.g. (N, 1)")
+    usage = _usage(kind)
     head = [
         '"""Learned loss function exported by EvoMAL (meta-learned symbolic loss); needs only PyTorch.',
         "",
@@ -129,6 +130,14 @@ def torch_source(tree: Node, kind: str, weights: list[float], *, meta: dict | No
         "    return n0",
         "",
         "",
+        *_module_tail(kind),
+    ]
+    return "\n".join(head + ([""] + info if info else []) + [""] + body) + "\n"
+
+
+def _module_tail(kind: str) -> list[str]:
+    """``_reduce``, ``loss`` and ``LearnedLoss`` around the module's ``elementwise(y, f, weights)``."""
+    return [
         "def _reduce(output, target, weights):",
         *_reduction_lines(kind),
         "",
@@ -152,15 +161,58 @@ def torch_source(tree: Node, kind: str, weights: list[float], *, meta: dict | No
         "    def forward(self, output, target):",
         "        return _reduce(output, target, self.weights.to(output.dtype))",
     ]
-    return "\n".join(head + ([""] + info if info else []) + [""] + body) + "\n"
+
+
+def _usage(kind: str) -> str:
+    return ("logits (N, C) and integer class indices (N,)" if kind == "classification"
+            else "predictions and targets of the same shape, e.g. (N, 1)")
+
+
+def family_source(doc: dict, body: list[str], *, title: str, weights_doc: str, meta: dict | None = None) -> str:
+    """Standalone source of a loss of another family (evomal.losses.families): ``body`` defines
+    ``WEIGHTS`` and ``elementwise(y, f, weights)``; the batch reduction and ``LearnedLoss`` are the
+    symbolic export's. Deterministic: the same document gives the same bytes."""
+    kind = doc["kind"]
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    meta = meta or {}
+    head = [
+        f'"""{title}; needs only PyTorch.',
+        "",
+        f"Kind: {kind}; inputs: {_usage(kind)}.",
+        "Use ``loss(output, target)`` like a torch.nn.functional loss, or ``LearnedLoss()`` as a module",
+        f"(``LearnedLoss(trainable=True)`` makes {weights_doc} trainable parameters).",
+        '"""',
+    ]
+    info = [f"# {key}: {_comment(meta[key])}" for key in
+            ("source", "experiment", "method", "id", "generation", "fitness", "formula") if meta.get(key) is not None]
+    lines = ["import torch", "", f"KIND = {json.dumps(kind)}", f"FAMILY = {json.dumps(doc['family'])}",
+             f"EXPRESSION = {json.dumps(str(doc['expression']))}", *body, "", "", *_module_tail(kind)]
+    return "\n".join(head + ([""] + info if info else []) + [""] + lines) + "\n"
 
 
 def export_torch_source(loss_json_path: str | os.PathLike) -> str:
-    """Standalone PyTorch source of the loss stored at ``loss_json_path`` (see the module docstring)."""
-    doc, tree, kind, weights = read_loss_doc(loss_json_path)
+    """Standalone PyTorch source of the loss stored at ``loss_json_path`` (see the module docstring).
+
+    A loss of another family (a ``family`` field: ML3, TaylorGLO) is exported by its family's module.
+    """
+    raw = files.read_json(loss_json_path)
+    family = raw.get("family") if isinstance(raw, dict) else None
+    if family is None:
+        doc, tree, kind, weights = read_loss_doc(loss_json_path)
+    else:
+        from evomal.losses.families import check_family_document
+
+        try:
+            module, _, _ = check_family_document(raw, loss_json_path)
+        except ValueError as exc:
+            raise files.ResultFileError(f"corrupted results file {loss_json_path}: {exc}") from None
+        doc = raw
     meta = {key: doc.get(key) for key in ("experiment", "method", "id", "generation", "fitness")}
     meta["formula"] = doc.get("formula")
     meta["source"] = Path(loss_json_path).as_posix()
+    if family is not None:
+        return module.torch_source(doc, meta=meta)
     return torch_source(tree, kind, weights, meta=meta)
 
 

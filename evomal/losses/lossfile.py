@@ -103,6 +103,8 @@ def load_loss(path: str | os.PathLike, *, trainable: bool = False,
 
     The weights do not require grad unless ``trainable``; ``loss.frozen()`` is the fastest form for
     training a network with it. Raises ValueError naming the file when it is not a valid loss file.
+    A file with a ``family`` field (ML3, TaylorGLO) gives that family's module instead, with the same
+    surface (``kind``, ``weights``, ``compiled``, ``info``; see evomal.losses.families).
     """
     path = Path(path)
     try:
@@ -111,6 +113,11 @@ def load_loss(path: str | os.PathLike, *, trainable: bool = False,
         raise ValueError(f"{path}: not a loss file (invalid JSON: {exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != FILE_FORMAT:
         raise ValueError(f"{path}: not a loss file (no 'format': {FILE_FORMAT!r})")
+    if "family" in doc:
+        from evomal.losses.families import load_family_loss
+
+        loss = load_family_loss(doc, path, trainable=trainable)
+        return loss if device is None else loss.to(device)
     if doc.get("version") != FILE_VERSION:
         raise ValueError(f"{path}: loss file version {doc.get('version')!r}, this evomal reads {FILE_VERSION}")
     try:

@@ -6,6 +6,7 @@ finished candidate is recomputed; ``recompute=True`` ignores them.
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from evomal.core.files import record_seconds
 from evomal.core.joblog import JobLog
 from evomal.gp.expressions import parse
 from evomal.learning.context import load_task_for, use_threads
+from evomal.learning.fitness_measure import FitnessMeasure
 from evomal.methods import get_method
 from evomal.pipeline.contract import candidate_dir, shard_members
 from evomal.pipeline.faults import failpoint
@@ -69,6 +71,22 @@ def optimize_shard(filter_path, shard: int, manifest_path, *, exp: dict, device:
     dev, task, build, settings = learning_setup(exp, device)
     ls = exp["local_search"]
     skip_reason = get_method(exp["method"]).skip_local_search_reason(ls["meta_steps"])
+    shared = []  # (network, LocalSearchPlan), made for the shard's first candidate that needs a search
+
+    def plan_and_model(say):
+        """One network and one plan of initial networks and batches for all the shard's candidates:
+        the same for each of them (evomal.learning.plan), so drawn once, not once per candidate."""
+        if not shared:
+            from evomal.learning.plan import LocalSearchPlan
+
+            t0 = time.perf_counter()
+            model = build(exp["seed"])
+            plan = LocalSearchPlan.build(task, model, steps=ls["meta_steps"], inner_steps=ls["inner_steps"],
+                                         batch_size=settings.batch_size, seed=exp["seed"])
+            shared.append((model, plan))
+            say(f"local-search plan: {len(plan.states)} of {plan.steps} initial networks stored, "
+                f"{time.perf_counter() - t0:.2f}s")
+        return shared[0]
 
     def work(rec, gen_dir, say):
         cdir = candidate_dir(gen_dir, rec["id"])
@@ -82,9 +100,10 @@ def optimize_shard(filter_path, shard: int, manifest_path, *, exp: dict, device:
             result = {"weights": loss.weights.detach().cpu().clone(), "curve": [], "status": "skipped",
                       "reason": skip_reason, "seconds": 0.0}
         else:
-            r = unrolled_local_search(loss, task, build(exp["seed"]), steps=ls["meta_steps"],
-                                      meta_lr=ls["meta_lr"], inner_steps=ls["inner_steps"],
-                                      seed=exp["seed"], **settings.optimizer_kwargs())
+            model, plan = plan_and_model(say)
+            r = unrolled_local_search(loss, task, model, steps=ls["meta_steps"], meta_lr=ls["meta_lr"],
+                                      inner_steps=ls["inner_steps"], seed=exp["seed"], plan=plan,
+                                      **settings.optimizer_kwargs())
             result = {"weights": r.weights.detach().cpu().clone(), "curve": list(map(float, r.curve)),
                       "status": r.status, "reason": r.reason or "", "seconds": float(r.seconds)}
             if r.status != "ok":
@@ -104,6 +123,9 @@ def evaluate_shard(filter_path, shard: int, manifest_path, *, exp: dict, device:
     from evomal.learning.training import fitness
 
     dev, task, build, settings = learning_setup(exp, device)
+    measure = FitnessMeasure.from_config(exp.get("fitness"))
+    # the reference measure keeps the fingerprints of runs made before the measure was configurable
+    measure_fp = () if measure.is_reference else (exp["fitness"],)
 
     def work(rec, gen_dir, say):
         cdir = candidate_dir(gen_dir, rec["id"])
@@ -111,18 +133,26 @@ def evaluate_shard(filter_path, shard: int, manifest_path, *, exp: dict, device:
         opt = files.read_tensors(cdir / "optimized.pt")
         # the learned weights, not the file: optimized.pt also holds wall-clock seconds
         fp = files.fingerprint(opt["weights"].tolist(), files.file_digest(cdir / "loss.json"),
-                               exp["training"], exp["dataset"], exp["model"], exp["seed"])
+                               exp["training"], exp["dataset"], exp["model"], exp["seed"], *measure_fp)
         if not recompute and out.exists() and files.read_json(out).get("fingerprint") == fp:
             return True
         loss = load_loss(cdir / "loss.json").to(dev)
         loss.weights.data.copy_(opt["weights"].to(dev))
-        r = fitness(loss, task, build(exp["seed"]), steps=settings.steps, seed=exp["seed"],
-                    **settings.optimizer_kwargs())
-        files.write_json(out, {"id": rec["id"], "expression": rec["expression"], "fitness": float(r.fitness),
-                               "reason": r.reason or "", "curve": r.curve,
-                               "timings": {"local_search": float(opt.get("seconds", 0.0)),
-                                           "fitness": float(r.seconds)},
-                               "fingerprint": fp})
+        runs = [fitness(loss, task, build(seed), steps=settings.steps, seed=seed,
+                        eval_every=measure.eval_every_for(settings.steps), **settings.optimizer_kwargs())
+                for seed in measure.seeds_for(exp["seed"])]
+        r = runs[0]
+        failed = next((x for x in runs if x.reason), None)
+        value = math.inf if failed else (r.fitness if measure.is_reference else measure.value([x.curve for x in runs]))
+        doc = {"id": rec["id"], "expression": rec["expression"], "fitness": float(value),
+               "reason": failed.reason if failed else "", "curve": r.curve,
+               "timings": {"local_search": float(opt.get("seconds", 0.0)),
+                           "fitness": float(sum(x.seconds for x in runs))},
+               "fingerprint": fp}
+        if len(runs) > 1:
+            doc["seed_curves"] = [x.curve for x in runs[1:]]
+        files.write_json(out, doc)
+        r = failed or r
         if r.reason:
             say(f"{rec['id']}: fitness inf: {r.reason}")
         return False

@@ -34,25 +34,28 @@ def _resolve_ref(schema: dict, node: dict) -> dict:
     return node
 
 
-def _fill_defaults(schema: dict, node: dict, value):
-    """Recursively insert schema defaults into mappings (a missing key gets its default)."""
-    node = _resolve_ref(schema, node)
-    if isinstance(value, dict):
-        props = node.get("properties", {})
-        for key, sub in props.items():
-            sub_r = _resolve_ref(schema, sub)
-            if key not in value and "default" in sub_r:
-                value[key] = copy.deepcopy(sub_r["default"])
-            if key in value:
-                value[key] = _fill_defaults(schema, sub_r, value[key])
-        extra = node.get("additionalProperties")
-        if isinstance(extra, dict):
-            for key in value:
-                if key not in props:
-                    value[key] = _fill_defaults(schema, extra, value[key])
-    elif isinstance(value, list) and isinstance(node.get("items"), dict):
-        value = [_fill_defaults(schema, node["items"], v) for v in value]
-    return value
+def _filling_validator(schema: dict):
+    """A Draft 2020-12 validator that also inserts every missing property's default as it validates
+    (jsonschema's documented ``validators.extend`` recipe), so that the schema alone holds the defaults.
+
+    A default is inserted before the property is validated, so the defaults inside it are filled too
+    (``search: {}`` gets every search key). ``$ref`` targets are looked up in ``schema``'s ``$defs``.
+    """
+    import jsonschema
+    from jsonschema import validators
+
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, node):
+        if validator.is_type(instance, "object"):
+            for key, sub in props.items():
+                sub = _resolve_ref(schema, sub)
+                if key not in instance and "default" in sub:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from check_properties(validator, props, instance, node)
+
+    return validators.extend(base, {"properties": properties})(schema)
 
 
 def _key_path(path) -> str:
@@ -60,12 +63,10 @@ def _key_path(path) -> str:
 
 
 def _schema_errors(schema: dict, config: dict) -> list[str]:
-    import jsonschema
     from jsonschema.exceptions import best_match
 
-    validator = jsonschema.Draft202012Validator(schema)
-    messages = []
-    for err in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
+    messages = []  # iter_errors fills the defaults into ``config`` while it validates
+    for err in sorted(_filling_validator(schema).iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
         # oneOf errors are opaque; report the most specific cause instead
         leaf = best_match(err.context) if err.context else err
         where = _key_path(leaf.absolute_path)
@@ -80,10 +81,10 @@ def _schema_errors(schema: dict, config: dict) -> list[str]:
 
 
 def _registry_errors(experiments: dict) -> list[str]:
-    from evomal.tasks.datasets import list_datasets
-    from evomal.tasks.models import list_models
+    # the catalog, not the registries: they import torch, and the Snakefile runs this on every parse
+    from evomal.tasks.catalog import dataset_names, model_names
 
-    datasets, models = list_datasets(), list_models()
+    datasets, models = dataset_names(), model_names()
     errors = []
     for name, exp in experiments.items():
         targets = [("", exp)] + [(f".transfer.{i}", t) for i, t in enumerate(exp.get("transfer", []))]
@@ -96,6 +97,23 @@ def _registry_errors(experiments: dict) -> list[str]:
             if mname not in models:
                 errors.append(f"config key experiments.{name}{where}.model: unknown model {mname!r}; "
                               f"known: {', '.join(models)}")
+    return errors
+
+
+def _table_errors(experiments: dict) -> list[str]:
+    """Tables named in the config (dataset ``table``): the loader's own checks, run now on the files.
+
+    Only configs that name a table pay for it (reading the files, and importing torch with the registry).
+    """
+    errors = []
+    for name, exp in experiments.items():
+        targets = [("", exp)] + [(f".transfer.{i}", t) for i, t in enumerate(exp.get("transfer", []))]
+        for where, target in targets:
+            dname, options = component(target["dataset"])
+            if dname == "table":
+                from evomal.tasks.datasets.table import table_problems
+
+                errors += [f"config key experiments.{name}{where}.dataset: {p}" for p in table_problems(options)]
     return errors
 
 
@@ -118,6 +136,10 @@ def _cross_key_errors(config: dict) -> list[str]:
         if lo > hi or hi + 1 > s["max_height"]:  # repair can add one level to an initial tree
             errors.append(f"config key experiments.{name}.search.init_height: need min <= max and "
                           f"max + 1 <= max_height ({s['max_height']}), got {s['init_height']}")
+        shared = sorted(set(exp["selection"]["seeds"]) & set(exp["meta_test"]["seeds"]))
+        if exp["selection"]["finalists"] and shared:
+            errors.append(f"config key experiments.{name}.selection.seeds: must be disjoint from "
+                          f"meta_test.seeds (the meta-test must see fresh seeds), shared: {shared}")
         for other in exp["compare"]:
             if other not in config["experiments"] or other == name:
                 errors.append(f"config key experiments.{name}.compare: {other!r} is not another defined "
@@ -128,12 +150,13 @@ def _cross_key_errors(config: dict) -> list[str]:
 def resolve_config(config: dict, *, check_registries: bool = True) -> dict:
     """Return a validated copy of ``config`` with every default filled in; raise ConfigError otherwise."""
     schema = load_schema()
-    resolved = _fill_defaults(schema, schema, copy.deepcopy(dict(config)))
-    errors = _schema_errors(schema, resolved)
+    resolved = copy.deepcopy(dict(config))
+    errors = _schema_errors(schema, resolved)  # fills in the defaults
     if not errors:
         errors = _cross_key_errors(resolved)
         if check_registries:
             errors += _registry_errors(resolved["experiments"])
+            errors = errors or _table_errors(resolved["experiments"])
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
     return resolved

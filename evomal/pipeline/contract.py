@@ -34,8 +34,23 @@ META_TEST_SUMMARY = "meta_test_summary.tsv"
 TRANSFER = "transfer.tsv"
 TRANSFER_SUMMARY = "transfer_summary.tsv"
 
+# per experiment, under report/ (the Snakemake rules build their paths from these at parse time)
+PLOT_FILES = {
+    "fitness": "fitness.png",
+    "decisions": "decisions.png",
+    "loss_shape": "loss_shape.png",
+    "meta_test_curves": "meta_test_curves.png",
+    "transfer_curves": "transfer_curves.png",
+}
+SUMMARY_MD = "summary.md"
+SUMMARY_HTML = "summary.html"
+
 #: Columns of gen_<g>/fitness.tsv. No timings: the table is byte-identical whenever it is recomputed.
 TABLE_COLUMNS = ["id", "expression", "origin", "parents", "key", "decision", "reason", "reuse_of", "fitness"]
+FINALISTS = "finalists.tsv"
+#: Columns of finalists.tsv; one ``seed_<s>`` column per validation seed goes after the first five.
+FINALIST_COLUMNS = ["rank", "id", "generation", "expression", "search_fitness", "validation_mean",
+                    "validation_std", "selected", "reason"]
 #: Columns of meta_test.tsv and transfer.tsv.
 PER_SEED_COLUMNS = ["target", "method", "seed", "test_metric", "metric", "diverged", "reason"]
 
@@ -51,6 +66,17 @@ def candidate_dir(gen_dir: str | Path, cand_id: str) -> Path:
 def shard_members(filter_doc: dict, shard: int) -> list[dict]:
     """The candidates of a filter.json that a per-shard stage job computes."""
     return [c for c in filter_doc["candidates"] if c["decision"] == "evaluate" and c["shard"] == shard]
+
+
+def results_inputs(exp_dir: str, exp: dict, *, searches: bool) -> dict[str, str]:
+    """Result files the track_results rule reads, for an experiment's resolved config ``exp``;
+    ``searches``: whether its method learns a loss (then its best loss is logged too)."""
+    inputs = {"meta_test": f"{exp_dir}/{META_TEST}", "meta_test_summary": f"{exp_dir}/{META_TEST_SUMMARY}"}
+    if exp["transfer"]:
+        inputs.update(transfer=f"{exp_dir}/{TRANSFER}", transfer_summary=f"{exp_dir}/{TRANSFER_SUMMARY}")
+    if searches:
+        inputs["best"] = f"{exp_dir}/{BEST_LOSS}"
+    return inputs
 
 
 def active_shards(filter_doc: dict) -> list[int]:

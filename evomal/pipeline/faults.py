@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-STAGES = ("population", "filter", "compile", "optimize", "evaluate", "gather", "best", "meta_test",
+STAGES = ("population", "filter", "compile", "optimize", "evaluate", "gather", "finalists", "best", "meta_test",
           "transfer", "track")
 
 

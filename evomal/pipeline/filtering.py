@@ -36,7 +36,7 @@ def filter_population(population_path, out_path, *, exp: dict, shards: int, devi
     for ind in individuals:
         rec = {"id": ind.id, "expression": ind.expression, "key": None, "key_method": None,
                "decision": None, "reason": None, "reuse_of": None, "shard": None, "signature": None,
-               "rejection_improvement": None}
+               "rejection_improvement": None, "rejection_measure": None}
         records.append(rec)
         try:
             tree = parse(ind.expression)
@@ -64,8 +64,9 @@ def filter_population(population_path, out_path, *, exp: dict, shards: int, devi
         seen[rec["key"]] = rec
         if flt["rejection"]:
             rej = rejection_test(tree, task, build(exp["seed"]), samples=flt["rejection_samples"],
-                                 steps=flt["rejection_steps"], lr=settings.lr, seed=exp["seed"])
-            rec["rejection_improvement"] = rej.improvement
+                                 steps=flt["rejection_steps"], lr=settings.lr, seed=exp["seed"],
+                                 measure=flt["rejection_measure"])
+            rec.update(rejection_improvement=rej.improvement, rejection_measure=rej.measure)
             if not rej.accepted:
                 rec.update(decision="rejected", reason=rej.reason)
                 continue

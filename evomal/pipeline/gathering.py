@@ -10,14 +10,18 @@ import pandas as pd
 from evomal.core import files
 from evomal.core.files import record_seconds
 from evomal.core.joblog import JobLog
-from evomal.pipeline.contract import DECISIONS, TABLE_COLUMNS, candidate_dir
+from evomal.pipeline.contract import TABLE_COLUMNS, candidate_dir
 from evomal.pipeline.faults import failpoint
+from evomal.pipeline.progress import generation_line
 from evomal.pipeline.stage_inputs import read_archive, read_population
 
 
 def gather_generation(filter_path, population_path, out_table, out_archive, *, generation: int,
-                      prev_archive=None, log: str | None = None) -> dict:
-    """Fitness table of a generation and the cumulative archive that the next generation filters against."""
+                      generations: int | None = None, prev_archive=None, log: str | None = None) -> dict:
+    """Fitness table of a generation and the cumulative archive that the next generation filters against.
+
+    Prints the search's progress line (``generations``: how many the search has, for ``gen g/G`` and the ETA).
+    """
     t0 = time.perf_counter()
     doc = files.read_json(filter_path)
     gen_dir = Path(filter_path).parent
@@ -61,8 +65,8 @@ def gather_generation(filter_path, population_path, out_table, out_archive, *, g
                "generation_best": float(frame["fitness"].min()), "counts": counts,
                "seconds": time.perf_counter() - t0}
     record_seconds(out_table, "gather", summary["seconds"])
-    best_text = "none yet" if best is None else f"{summary['best_so_far']:.4f}"
-    line = (f"[gen {generation}] best so far {best_text} | {summary['best_expression'] or '-'} | "
-            + ", ".join(f"{d} {counts.get(d, 0)}" for d in DECISIONS if counts.get(d, 0)))
-    JobLog(log, echo=True)(line)
+    JobLog(log, echo=True)(generation_line(
+        generation=generation, generations=generations, best=summary["best_so_far"],
+        expression=summary["best_expression"], evaluated=int(counts.get("evaluate", 0)), population=len(frame),
+        exp_dir=gen_dir.parent))
     return summary

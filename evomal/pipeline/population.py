@@ -6,6 +6,7 @@ import time
 from evomal.core import files
 from evomal.core.files import record_seconds
 from evomal.core.joblog import JobLog
+from evomal.gp.anchors import anchor_expressions, anchor_population
 from evomal.gp.operators import breed, init_population
 from evomal.pipeline.faults import failpoint
 from evomal.pipeline.stage_inputs import read_population
@@ -23,6 +24,13 @@ def write_experiment_config(out_path, *, experiment: str, config: dict, log: str
     JobLog(log)(f"wrote {out_path}")
 
 
+def _task_kind(exp: dict) -> str:
+    from evomal.learning.context import load_task_for
+    from evomal.pipeline.stage_inputs import resolve
+
+    return load_task_for(exp["dataset"], seed=exp["seed"], device=resolve("cpu")).kind
+
+
 def make_population(out_path, experiment: str, exp: dict, generation: int, *, population=None, fitness=None,
                     log: str | None = None) -> None:
     """Generation 0 by ramped half-and-half; generation g > 0 bred only from generation g-1's files."""
@@ -31,6 +39,8 @@ def make_population(out_path, experiment: str, exp: dict, generation: int, *, po
     if generation == 0:
         individuals = init_population(s["population"], seed=exp["seed"], init_height=tuple(s["init_height"]),
                                       max_height=s["max_height"])
+        if s["anchor"]:
+            individuals = anchor_population(individuals, anchor_expressions(_task_kind(exp), s["anchor_forms"]))
     else:
         parents = read_population(population)
         table = files.read_tsv(fitness)

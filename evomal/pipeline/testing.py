@@ -11,15 +11,18 @@ from evomal.core.joblog import JobLog
 from evomal.learning.context import TrainingSettings, load_task_for, model_factory, use_threads
 from evomal.pipeline.contract import PER_SEED_COLUMNS
 from evomal.pipeline.faults import failpoint
+from evomal.pipeline.progress import seed_line
 from evomal.pipeline.stage_inputs import resolve
 from evomal.tasks.spec import component
 
 
-def _test_losses(loss_paths: dict, kind: str, device) -> dict:
+def _test_losses(loss_paths: dict, kind: str, device, references=()) -> dict:
+    """baseline, the references that apply to ``kind``, then the learned losses (method -> file)."""
     from evomal.losses.lossfile import load_loss
     from evomal.losses.modules import baseline_loss
+    from evomal.losses.references import reference_losses
 
-    losses = {"baseline": baseline_loss(kind)}
+    losses = {"baseline": baseline_loss(kind), **reference_losses(references, kind)}
     for method, path in loss_paths.items():
         loss = load_loss(path).to(device)
         if loss.kind != kind:
@@ -36,16 +39,23 @@ def _run_meta_test(target: str, dataset, model, losses_by_path: dict, *, exp: di
     build = model_factory(model, task, device)
     mt = exp["meta_test"]
     settings = TrainingSettings.from_config(exp["training"])
-    losses = _test_losses(losses_by_path, task.kind, device)
-    results = meta_test(losses, task, build, seeds=mt["seeds"], steps=steps, milestones=mt["milestones"],
-                        gamma=mt["gamma"], eval_every=mt["eval_every"], **settings.optimizer_kwargs())
+    losses = _test_losses(losses_by_path, task.kind, device, mt["references"])
     metric = "error_rate" if task.kind == "classification" else "mse"
+    total = len(losses) * len(mt["seeds"])
+    done = iter(range(1, total + 1))
+
+    def finished(r) -> None:  # a line per run as it ends, not all of them when the stage ends
+        say(seed_line(target=target, method=r.method, seed=r.seed, done=next(done), total=total, metric=metric,
+                      value=float(r.test_metric), seconds=r.seconds))
+
+    results = meta_test(losses, task, build, seeds=mt["seeds"], steps=steps, milestones=mt["milestones"],
+                        gamma=mt["gamma"], eval_every=mt["eval_every"], on_result=finished,
+                        **settings.optimizer_kwargs())
     rows, curves = [], {}
     for r in results:
         rows.append({"target": target, "method": r.method, "seed": r.seed, "test_metric": float(r.test_metric),
                      "metric": metric, "diverged": bool(r.diverged), "reason": r.reason or ""})
         curves[f"{r.method}/{r.seed}"] = r.curve
-        say(f"{target} {r.method} seed {r.seed}: test {metric} {float(r.test_metric):.4f}")
     return rows, curves
 
 

@@ -1,9 +1,9 @@
 # Config resolution, paths and input functions shared by the stage rules.
 from evomal.pipeline.config import resolve_config
 from evomal.core.files import read_json
-from evomal.results.report import PLOT_FILES, SUMMARY_HTML, SUMMARY_MD
 from evomal.methods import get_method
-from evomal.pipeline.contract import active_shards
+# parse-time imports stay free of torch, MLflow, SymPy and pandas (tests/test_startup.py)
+from evomal.pipeline.contract import PLOT_FILES, SUMMARY_HTML, SUMMARY_MD, active_shards
 
 CFG = resolve_config(config)
 RESULTS = CFG["results_dir"]
@@ -59,10 +59,21 @@ def evaluated_shards(wildcards):
     return [gen_path(wildcards.experiment, wildcards.gen, f"shards/evaluate_{s}.json") for s in shards]
 
 
+def best_inputs(wildcards):
+    """The last generation's archive, and the finalists' table unless selection.finalists is 0."""
+    name = wildcards.experiment
+    inputs = {"archive": gen_path(name, last_generation(name), "archive.json")}
+    if exp_of(wildcards)["selection"]["finalists"] > 0:
+        inputs["finalists"] = f"{RESULTS}/{name}/finalists.tsv"
+    return inputs
+
+
 def search_params(wildcards):
     """What breeding depends on; `generations` is left out so raising it extends a finished run."""
     exp = exp_of(wildcards)
     search = {k: v for k, v in exp["search"].items() if k != "generations"}
+    # keys added after a run was made leave its params unchanged at their defaults (no spurious rerun)
+    search = {k: v for k, v in search.items() if k not in ("anchor", "anchor_forms") or v}
     return {"search": search, "seed": exp["seed"]}
 
 
@@ -88,6 +99,7 @@ def experiment_targets(name):
     if searches(name):
         targets.append(f"{d}/best/loss.json")
         targets += [gen_path(name, g, "tracked.json") for g in range(last_generation(name) + 1)]
+    targets += analysis_targets(name)  # opt-in analyses (workflow/rules/analysis.smk)
     return targets
 
 

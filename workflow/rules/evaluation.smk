@@ -55,6 +55,8 @@ rule evaluate:
         f"{GEN_DIR}/shards/evaluate_{{shard}}.json",
     params:
         training=lambda w: exp_of(w)["training"],
+        # only a non-reference measure is a param, so runs made before it existed are not rerun
+        fitness=lambda w: {k: v for k, v in exp_of(w)["fitness"].items() if v not in (1, None)},
     threads: 1
     resources:
         runtime=120,
@@ -67,9 +69,30 @@ rule evaluate:
                        device=CFG["device"], recompute=CFG["recompute"], log=log[0], threads=threads)
 
 
-rule best:
+rule finalists:
     input:
         lambda w: gen_path(w.experiment, last_generation(w.experiment), "archive.json"),
+    output:
+        f"{EXP_DIR}/finalists.tsv",
+    params:
+        selection=lambda w: exp_of(w)["selection"],
+        meta_test=lambda w: exp_of(w)["meta_test"],
+        training=lambda w: exp_of(w)["training"],
+    threads: 1
+    resources:
+        runtime=240,
+    log:
+        f"{LOGS}/finalists.log",
+    run:
+        from evomal.pipeline.selection import finalists_stage
+
+        finalists_stage(input[0], f"{RESULTS}/{wildcards.experiment}", output[0], exp=exp_of(wildcards),
+                        device=CFG["device"], log=log[0], threads=threads)
+
+
+rule best:
+    input:
+        unpack(best_inputs),
     output:
         f"{EXP_DIR}/best/loss.json",
     params:
@@ -79,5 +102,5 @@ rule best:
     run:
         from evomal.pipeline.selection import select_best
 
-        select_best(input[0], f"{RESULTS}/{wildcards.experiment}", output[0], exp=exp_of(wildcards),
-                    log=log[0])
+        select_best(input.archive, f"{RESULTS}/{wildcards.experiment}", output[0], exp=exp_of(wildcards),
+                    finalists=input.get("finalists"), log=log[0])

@@ -74,4 +74,5 @@ rule gather:
         from evomal.pipeline.gathering import gather_generation
 
         gather_generation(input.filter, input.population, output.table, output.archive,
-                          generation=int(wildcards.gen), prev_archive=input.get("archive"), log=log[0])
+                          generation=int(wildcards.gen), generations=exp_of(wildcards)["search"]["generations"],
+                          prev_archive=input.get("archive"), log=log[0])

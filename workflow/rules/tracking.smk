@@ -9,7 +9,7 @@
 # re-runs it and, through run.json, every tracking job (the new backend gets the whole search). A config
 # change must not re-track finished generations (raising `generations` extends a run), so the config
 # is handed to the functions as an argument, not as a param or an input.
-from evomal.results.tracking import results_inputs
+from evomal.pipeline.contract import results_inputs
 
 
 localrules:
@@ -59,7 +59,7 @@ rule track:
 rule track_results:
     input:
         # meta-test tables, transfer tables if the experiment has targets, the best loss of a search
-        unpack(lambda w: results_inputs(f"{RESULTS}/{w.experiment}", exp_of(w))),
+        unpack(lambda w: results_inputs(f"{RESULTS}/{w.experiment}", exp_of(w), searches=searches(w.experiment))),
         run=f"{EXP_DIR}/tracking/run.json",
     output:
         f"{EXP_DIR}/tracking/results.json",

@@ -16,23 +16,12 @@ import pandas as pd
 from evomal.core import files
 from evomal.core.joblog import JobLog
 from evomal.methods.registry import method_searches
+# the report's file names live with the file contract: the Snakefile reads them at parse time
+from evomal.pipeline.contract import PLOT_FILES, SUMMARY_HTML, SUMMARY_MD  # noqa: F401  (re-exported)
 from evomal.results.report.plots import CURVE_TITLES, _record, check_png, plot_learning_curves, plot_search
 from evomal.results.report.shapes import plot_loss_shape
 from evomal.results.report.tables import (_fmt, _share, filter_savings, generation_tables, method_table,
                                           read_generations, savings_table, search_table, to_markdown)
-
-
-#: File names under ``<experiment>/report/``; the Snakemake rules build their paths from these.
-PLOT_FILES = {
-    "fitness": "fitness.png",
-    "decisions": "decisions.png",
-    "loss_shape": "loss_shape.png",
-    "meta_test_curves": "meta_test_curves.png",
-    "transfer_curves": "transfer_curves.png",
-}
-
-SUMMARY_MD = "summary.md"
-SUMMARY_HTML = "summary.html"
 
 
 # =========================================================================== summary

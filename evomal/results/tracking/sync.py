@@ -27,6 +27,7 @@ from typing import Callable
 from evomal.core import files
 from evomal.core.joblog import JobLog
 from evomal.methods.registry import method_searches
+from evomal.pipeline import contract
 from evomal.pipeline.faults import failpoint
 from evomal.results.tracking.payloads import (
     CONFIG_CONFLICT_TAG, GENERATION_TAG, KEY_TAG, LEVEL_TAG, MAX_PARAM_LENGTH, PARENT_TAG, PIPELINE_TAG,
@@ -230,12 +231,7 @@ def experiment_record(config: dict, experiment: str) -> dict:
 
 def results_inputs(exp_dir: str, exp: dict) -> dict[str, str]:
     """Result files the track_results rule reads, for an experiment's resolved config ``exp``."""
-    inputs = {"meta_test": f"{exp_dir}/meta_test.tsv", "meta_test_summary": f"{exp_dir}/meta_test_summary.tsv"}
-    if exp["transfer"]:
-        inputs.update(transfer=f"{exp_dir}/transfer.tsv", transfer_summary=f"{exp_dir}/transfer_summary.tsv")
-    if method_searches(exp["method"]):  # a search: its best loss is logged too
-        inputs["best"] = f"{exp_dir}/best/loss.json"
-    return inputs
+    return contract.results_inputs(exp_dir, exp, searches=method_searches(exp["method"]))
 
 
 def track_results(tracking_uri: str, experiment_name: str, exp_dir: str | Path, *, config: dict | None = None,

@@ -7,7 +7,7 @@ returns a :class:`Task` with seeded train / validation / test splits already on 
 
 from __future__ import annotations
 
-from evomal.tasks.datasets import california, cifar, idx, mnist1d_set, sklearn_sets, svhn  # noqa: F401  (registration)
+from evomal.tasks.datasets import california, cifar, idx, mnist1d_set, sklearn_sets, svhn, table  # noqa: F401  (registration)
 from evomal.tasks.datasets.california import CALIFORNIA_FEATURES, read_california
 from evomal.tasks.datasets.cifar import read_cifar
 from evomal.tasks.datasets.idx import FASHION_MNIST_SYSTEM_DIR, read_idx
@@ -20,6 +20,7 @@ from evomal.tasks.datasets.registry import (
     register_dataset,
 )
 from evomal.tasks.datasets.svhn import read_svhn_mat
+from evomal.tasks.datasets.table import read_table, table_problems
 
 __all__ = [
     "Task",
@@ -34,4 +35,6 @@ __all__ = [
     "read_california",
     "CALIFORNIA_FEATURES",
     "FASHION_MNIST_SYSTEM_DIR",
+    "read_table",
+    "table_problems",
 ]

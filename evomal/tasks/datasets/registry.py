@@ -94,6 +94,8 @@ class RawData:
     source: str
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    #: share of the rows that becomes the test split when there is no official one (None: the defaults)
+    test_fraction: float | None = None
 
 
 Loader = Callable[..., RawData]
@@ -223,7 +225,8 @@ def _make_task(
     if classification:
         y_pool = _class_labels(name, "train", y_pool, raw.num_classes)
         if raw.x_test is None:
-            n_test = int(round(TEST_FRACTION * len(y_pool)))
+            fraction = TEST_FRACTION if raw.test_fraction is None else raw.test_fraction
+            n_test = int(round(fraction * len(y_pool)))
             rest, test_idx = _stratified_take(y_pool, n_test, _rng(split_seed, _STREAM_TEST))
             x_test, y_test = x_pool[test_idx], y_pool[test_idx]
             x_pool, y_pool = x_pool[rest], y_pool[rest]
@@ -236,22 +239,27 @@ def _make_task(
         n_val = int(round(VALIDATION_FRACTION * len(y_pool)))
         train_rel, val_rel = _stratified_take(y_pool, n_val, _rng(split_seed, _STREAM_VAL))
     else:
-        if raw.x_test is not None:
-            raise ValueError(f"dataset {name!r}: regression sets are split 60/20/20 from one pool")
         y_pool = y_pool.reshape(len(y_pool), -1)
         if y_pool.shape[1] != 1:
             raise ValueError(f"dataset {name!r}: regression targets must be one column")
         n = len(y_pool)
         perm = _rng(split_seed, _STREAM_TEST).permutation(n)
-        n_test = int(round(REGRESSION_FRACTIONS[2] * n))
-        n_val = int(round(REGRESSION_FRACTIONS[1] * n))
-        test_idx = np.sort(perm[:n_test])
-        rest = np.sort(perm[n_test:])
-        x_test, y_test = x_pool[test_idx], y_pool[test_idx]
-        x_pool, y_pool = x_pool[rest], y_pool[rest]
-        pool_idx = rest
-        val_rel = np.sort(perm[n_test : n_test + n_val])
-        val_rel = np.searchsorted(rest, val_rel)
+        if raw.x_test is not None:  # an official test set: the pool splits train:val as 60:20
+            x_test, y_test = np.asarray(raw.x_test), np.asarray(raw.y_test, dtype=np.float64).reshape(-1, 1)
+            test_idx = np.arange(len(y_test))
+            rest = pool_idx = np.arange(n)
+            val_rel = np.sort(perm[: int(round(REGRESSION_FRACTIONS[1] / sum(REGRESSION_FRACTIONS[:2]) * n))])
+        else:
+            fraction = REGRESSION_FRACTIONS[2] if raw.test_fraction is None else raw.test_fraction
+            n_test = int(round(fraction * n))
+            n_val = int(round(REGRESSION_FRACTIONS[1] * n))
+            test_idx = np.sort(perm[:n_test])
+            rest = np.sort(perm[n_test:])
+            x_test, y_test = x_pool[test_idx], y_pool[test_idx]
+            x_pool, y_pool = x_pool[rest], y_pool[rest]
+            pool_idx = rest
+            val_rel = np.sort(perm[n_test : n_test + n_val])
+            val_rel = np.searchsorted(rest, val_rel)
         keep = np.ones(len(rest), dtype=bool)
         keep[val_rel] = False
         train_rel = np.flatnonzero(keep)

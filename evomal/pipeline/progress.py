@@ -1,0 +1,119 @@
+"""What a person reads while a run goes on: one line per generation and per meta-test seed.
+
+Elapsed time counts from the start of the Snakemake run (the lock-owner record its ``onstart`` writes,
+evomal.pipeline.locks), so it means the same in every job of the run, whether jobs are threads of the
+Snakemake process or processes of their own. The ETA of a search extrapolates the generations this run
+has finished (their ``fitness.tsv`` is newer than the run's start) to the generations still to come.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from evomal.pipeline.contract import FITNESS_TABLE, generation_dir
+from evomal.pipeline.locks import OWNER_FILE
+
+#: metric names of the result tables (column ``metric``) as words, for people
+METRIC_WORDS = {"error_rate": "error rate", "mse": "MSE"}
+
+
+def metric_words(name: str) -> str:
+    return METRIC_WORDS.get(name, str(name).replace("_", " "))
+
+
+def run_started(workdir: str | Path = ".") -> float | None:
+    """Wall-clock time the current Snakemake run started, or None outside a run."""
+    try:
+        return (Path(workdir) / ".snakemake" / OWNER_FILE).stat().st_mtime
+    except OSError:
+        return None
+
+
+def duration(seconds: float | None) -> str:
+    """``42s``, ``3m05s``, ``2h07m``; ``-`` when unknown."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "-"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def search_eta(exp_dir: str | Path, generation: int, generations: int, started: float,
+               now: float | None = None) -> float | None:
+    """Seconds until the last generation is gathered, at the pace of this run's generations so far."""
+    now = time.time() if now is None else now
+    done_here = 0
+    for g in range(generation + 1):
+        try:
+            if (generation_dir(exp_dir, g) / FITNESS_TABLE).stat().st_mtime >= started:
+                done_here += 1
+        except OSError:
+            pass
+    if done_here == 0:
+        return None
+    return (now - started) / done_here * max(generations - 1 - generation, 0)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def generation_line(*, generation: int, generations: int | None, best: float | None, expression: str | None,
+                    evaluated: int, population: int, exp_dir: str | Path, workdir: str | Path = ".") -> str:
+    """``gen 3/4  best 0.0417 mul(-1, mul(y, log(f)))  evaluated 7/12  elapsed 1m32s  ETA 31s``.
+
+    ``gen`` counts from 1 (the folder of generation 3 of 4 is gen_2); ``best`` is the best fitness so far.
+    """
+    total = "?" if generations is None else str(generations)
+    best_text = "none yet" if best is None else f"{best:.4g} {_clip(expression or '-', 60)}"
+    line = f"gen {generation + 1}/{total}  best {best_text}  evaluated {evaluated}/{population}"
+    started = run_started(workdir)
+    if started is not None:
+        line += f"  elapsed {duration(time.time() - started)}"
+        if generations is not None:
+            line += f"  ETA {duration(search_eta(exp_dir, generation, generations, started))}"
+    return line
+
+
+def seed_line(*, target: str, method: str, seed: int, done: int, total: int, metric: str, value: float,
+              seconds: float, workdir: str | Path = ".") -> str:
+    """``digits/mlp 3/10  evomal seed 1  test error rate 0.0612  (4s, elapsed 1m02s)``: one finished run."""
+    started = run_started(workdir)
+    when = duration(seconds) + ("" if started is None else f", elapsed {duration(time.time() - started)}")
+    return f"{target} {done}/{total}  {method} seed {seed}  test {metric_words(metric)} {value:.4g}  ({when})"
+
+
+# --------------------------------------------------------------------------- Snakemake's own output
+#: scheduler lines that Snakemake prints twice per job and no ``--quiet`` choice hides (Snakemake 9);
+#: they are dropped from the terminal only, the log file under .snakemake/log keeps them
+SCHEDULER_LINES = ("Select jobs to execute...",)
+
+
+class _SchedulerLines:
+    def filter(self, record) -> bool:
+        from snakemake_interface_logger_plugins.common import LogEvent
+
+        if getattr(record, "event", None) == LogEvent.JOB_STARTED:  # "Execute N jobs..."
+            return False
+        return record.getMessage() not in SCHEDULER_LINES
+
+
+def quiet_scheduler(workflow) -> bool:
+    """With ``--quiet progress`` (the default profile), also hide the scheduler's per-job lines in the
+    terminal. Returns whether it did. ``--quiet host`` (or no --quiet) keeps all of Snakemake's output."""
+    import logging
+
+    from snakemake.settings.enums import Quietness
+
+    quiet = getattr(getattr(workflow, "output_settings", None), "quiet", None) or set()
+    if Quietness.PROGRESS not in quiet:
+        return False
+    done = False
+    for handler in logging.getLogger("snakemake.logging").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.addFilter(_SchedulerLines())
+            done = True
+    return done
