@@ -15,17 +15,38 @@ min_version("9.0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+from evomal.pipeline.presets import apply_preset, check_config_file
+
+check_config_file("config/config.yaml")  # a YAML error named with file and line (Snakemake's names neither)
+
+
 configfile: "config/config.yaml"
 
 
-from evomal.pipeline.locks import clear_stale_locks, record_lock_owner
+# `--config preset=<name>`: config/experiments/<name>.yaml under the command line's keys
+apply_preset(config, workflow.config_settings.overwrite_config)
 
-if (dead := clear_stale_locks()) is not None:
-    print(f"evomal: removed the locks of a killed run (pid {dead}); resuming", file=sys.stderr)
+# Runs sharing this checkout or the results folder (docs/faults.md, evomal/pipeline/locks.py): the locks
+# of killed runs go, a live run's never; each run claims the experiments it writes in onstart.
+if workflow.is_main_process:
+    from evomal.pipeline.locks import clear_stale_locks, lock_notes
+
+    for note in lock_notes(clear_stale_locks()):
+        print(f"evomal: {note}", file=sys.stderr)
+
+HELD = []  # this run's lock record and claims (evomal.pipeline.preflight); released when it ends
 
 
 onstart:
-    record_lock_owner()
+    from evomal.pipeline.preflight import start_run
+
+    HELD.append(start_run(workflow, CFG))  # or SystemExit(1) with the reason, before any job
+
+
+onerror:
+    from evomal.pipeline.preflight import finish_run
+
+    finish_run(HELD)
 
 
 from evomal.pipeline.progress import quiet_scheduler
@@ -34,23 +55,33 @@ quiet_scheduler(workflow)  # the default profile's --quiet also hides the schedu
 
 
 onsuccess:
+    from evomal.pipeline.preflight import finish_run
     from evomal.results.report.verdict import print_run_summary
 
+    finish_run(HELD)
     print_run_summary(CFG)  # the verdict of each experiment and the `evomal show` command
 
 
 include: "workflow/rules/common.smk"  # resolves the config: errors name the key and the allowed values
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+validate(CFG, "workflow/schemas/config.schema.yaml")  # the resolved config (numbers given as text converted)
+
+if workflow.is_main_process:  # another configuration's results under the same experiment name
+    from evomal.pipeline.preflight import refuse_conflicts
+
+    refuse_conflicts(CFG, CFG["run"])
 
 
 include: "workflow/rules/search.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/taylorglo.smk"
+include: "workflow/rules/ml3.smk"
 include: "workflow/rules/testing.smk"
 include: "workflow/rules/tracking.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/check.smk"
 
 
 rule all:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from evomal.core import files
-from evomal.methods.registry import method_searches
+from evomal.methods.registry import method_generations, method_searches
 
 DEFAULT_RESULTS = "results"
 
@@ -61,7 +61,7 @@ def experiment_status(exp_dir: Path) -> dict:
     return {
         "experiment": exp_dir.name,
         "method": method,
-        "generations": "-" if not method_searches(method) else f"{len(tables)} / {configured}",
+        "generations": "-" if not method_generations(method) else f"{len(tables)} / {configured}",
         "best fitness": "-" if best is None else _fmt(best),
         "meta-test": "done" if (exp_dir / "meta_test_summary.tsv").exists() else "-",
         "transfer": "done" if (exp_dir / "transfer_summary.tsv").exists() else "-",
@@ -96,8 +96,9 @@ def _section(title: str, body: str) -> str:
 
 def describe_experiment(exp_dir: Path) -> str:
     """The text of ``evomal show results/<experiment>``."""
-    from evomal.results.report import (DECISION_LABELS, _component_name, _fmt, _share, filter_savings, generation_tables,
-                         method_table, read_generations, to_text)
+    from evomal.results.report import (DECISION_LABELS, _component_name, _fmt, _share, experiment_verdicts,
+                                       filter_savings, generation_tables, method_table, metric_label,
+                                       read_generations, to_text)
 
     config = _config(exp_dir)
     status = experiment_status(exp_dir)
@@ -107,7 +108,9 @@ def describe_experiment(exp_dir: Path) -> str:
                  f"model {_component_name(config.get('model'))})")
     if status["generations"] != "-":
         head += f": generations {status['generations']}"
-    parts = [head]
+    # the answer first, in words; the tables below are the evidence
+    verdict = experiment_verdicts(exp_dir, config)
+    parts = ["\n".join(verdict) if verdict else "No verdict yet: the meta-test has not run.", head]
 
     loss_json = exp_dir / "best" / "loss.json"
     if loss_json.exists():
@@ -116,6 +119,7 @@ def describe_experiment(exp_dir: Path) -> str:
         if doc.get("fitness") is not None:
             facts.append(f"search fitness {_fmt(files.number(doc['fitness']))}")
         lines = [f"expression: {doc.get('expression', '?')}", f"formula:    {doc.get('formula', '?')}"]
+        lines.append(f"trained:    {_training_text(doc, config)}")
         if (exp_dir / "best" / "loss.py").exists():
             lines.append(f"standalone: {exp_dir / 'best' / 'loss.py'}")
         parts.append(_section(f"Best loss{' (' + ', '.join(facts) + ')' if facts else ''}:", "\n".join(lines)))
@@ -130,8 +134,7 @@ def describe_experiment(exp_dir: Path) -> str:
             continue
         summary = files.read_tsv(exp_dir / summary_name)
         per_seed = files.read_tsv(exp_dir / per_seed_name) if (exp_dir / per_seed_name).exists() else None
-        metric = (", ".join(sorted(set(per_seed["metric"].dropna()))) if per_seed is not None and len(per_seed)
-                  else "metric")
+        metric = metric_label(per_seed["metric"].dropna()) if per_seed is not None and len(per_seed) else "metric"
         body = to_text(method_table(summary, per_seed)) if len(summary) else "no runs recorded"
         parts.append(_section(f"{title} (test {metric}, mean ± std over seeds, paired t-test vs baseline; "
                               f"lower is better):", body))
@@ -146,6 +149,21 @@ def describe_experiment(exp_dir: Path) -> str:
         parts.append(_section(f"Filter savings ({skipped} of {total} candidates, {_share(skipped, total)}, "
                               "skipped the local search and fitness training):", to_text(shown)))
     return "\n\n".join(parts)
+
+
+def _training_text(loss_doc: dict, config: dict) -> str:
+    """The optimiser the loss's weights were tuned for (best/loss.json ``sgd``; older files: config.yaml)."""
+    sgd, batch = loss_doc.get("sgd"), loss_doc.get("batch_size")
+    where = ""
+    if sgd is None and config.get("training"):
+        t = config["training"]
+        sgd = {k: t[k] for k in ("lr", "momentum", "nesterov", "weight_decay") if k in t}
+        batch, where = t.get("batch_size"), " (from config.yaml: this loss file predates the record)"
+    if not sgd:
+        return "settings not recorded"
+    args = ", ".join(f"{k}={v!r}" for k, v in sgd.items())
+    return (f"torch.optim.SGD({args}){f', batch size {batch}' if batch else ''}{where}; the edge weights were "
+            "tuned for this optimiser: train with the same settings")
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -168,6 +186,21 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Every file of the contract (evomal.pipeline.check); status 1 if one is damaged or missing."""
+    from evomal.pipeline.check import check_results, report_text
+
+    path = Path(args.path)
+    if not path.is_dir():
+        raise CLIError(f"no such results folder: {args.path}")
+    results = check_results(path)
+    if not results:
+        raise CLIError(f"no experiment folders in {args.path} (expected results/ or results/<experiment>)")
+    text, intact = report_text(results)
+    print(text)
+    return 0 if intact else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evomal", description="EvoMAL: meta-learned symbolic loss functions. "
                                      "Run the pipeline with snakemake; inspect its results with this command.")
@@ -179,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("path", nargs="?", help="experiment folder, e.g. results/digits-mlp")
     show.add_argument("--results-dir", default=DEFAULT_RESULTS, help="results folder (default: %(default)s)")
     show.set_defaults(func=cmd_show)
+    check = sub.add_parser("check", help="verify every file of a results folder",
+                           description="Read every file of the file contract as the pipeline does: JSON and tables "
+                                       "parse, tensors load weights-only, fingerprints match their inputs, each "
+                                       "fitness.json agrees with its fitness.tsv. Names each damaged or missing "
+                                       "file and how to repair it; exit status 1 if there is one.")
+    check.add_argument("path", metavar="RESULTS_DIR", help="results folder, or one experiment folder in it")
+    check.set_defaults(func=cmd_check)
     return parser
 
 

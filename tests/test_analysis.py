@@ -23,7 +23,8 @@ from evomal.learning.sensitivity import lr_sweep
 from evomal.learning.training import metric
 from evomal.losses.lossfile import save_loss
 from evomal.losses.modules import CompiledLoss, baseline_loss
-from evomal.pipeline.analysis import (ANALYSIS_FILES, analysis_targets, check_primitive_sources, landscape_stage,
+from evomal.pipeline.analysis import (ANALYSIS_FILES, analysis_targets, check_primitive_sources, counts_primitives,
+                                      landscape_stage,
                                       lr_sweep_settings, lr_sweep_stage, primitive_stats_stage, read_landscape)
 from evomal.pipeline.config import ConfigError, resolve_config
 from evomal.results.report import check_png
@@ -251,6 +252,8 @@ def test_analyses_are_off_by_default_and_each_adds_its_files():
         _exp(analysis={"landscape": {"point": 3}})
     with pytest.raises(ConfigError, match=r"experiments\.tiny\.analysis\.primitive_stats"):
         check_primitive_sources("tiny", {})
+    # only GP searches are made of primitives (ML3 is a network, TaylorGLO a polynomial)
+    assert [m for m in ("evomal", "gplfl", "baseline", "ml3", "taylorglo") if counts_primitives(m)] == ["evomal", "gplfl"]
 
 
 # --------------------------------------------------------------------------- through the real snakemake

@@ -9,7 +9,6 @@ import random
 import socket
 import struct
 import tarfile
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -361,40 +360,54 @@ def test_idx_set_with_corrupted_member_names_file(tmp_path):
         load_task("mnist", data_dir=str(tmp_path))
 
 
-def test_mnist_missing_files_and_download(tmp_path, monkeypatch):
-    source = tmp_path / "source"
-    blobs = _write_idx_set(source)
+@pytest.fixture
+def http_folder(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving ``tmp_path / "served"``: (folder, base URL, requested paths)."""
+    import functools
+    import http.server
+    import threading
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    requested: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_request(self, code="-", size="-"):  # record each request once, print nothing
+            requested.append(f"{self.path} {int(code)}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(Handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}/", requested
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_mnist_missing_files_and_download(tmp_path, monkeypatch, http_folder):
+    served, base, requested = http_folder
+    blobs = _write_idx_set(served)
     target = tmp_path / "target"
     with pytest.raises(FileNotFoundError, match=r"download=True"):
         load_task("mnist", data_dir=str(target))
 
-    served = []
-
-    class FakeResponse(io.BytesIO):
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    def fake_urlopen(request, timeout=None):
-        url = request.full_url
-        served.append(url)
-        return FakeResponse(blobs[url.rsplit("/", 1)[1]])
-
-    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
-    good = [
-        downloads.RemoteFile(r.filename, r.urls, "md5", hashlib.md5(blobs[r.filename]).hexdigest())
-        for r in idx._MNIST_REMOTES
-    ]
+    assert all(r.urls[0].startswith("https://") for r in idx._MNIST_REMOTES)  # the first mirror is https
+    good = [downloads.RemoteFile(r.filename, (base + "missing/" + r.filename, base + r.filename), "md5",
+                                 hashlib.md5(blobs[r.filename]).hexdigest()) for r in idx._MNIST_REMOTES]
     monkeypatch.setattr(idx, "_MNIST_REMOTES", good)
     task = load_task("mnist", data_dir=str(target), download=True)
-    assert len(task.y_test) == 30 and len(served) == 4
-    assert served[0].startswith("https://")
+    # the first mirror answers 404, the second serves the file
+    assert len(task.y_test) == 30
+    assert sorted(requested) == sorted([f"/missing/{n} 404" for n in blobs] + [f"/{n} 200" for n in blobs])
     assert sorted(p.name for p in target.iterdir()) == sorted(blobs)
 
     # a checksum mismatch is refused and leaves no file behind
-    bad = [downloads.RemoteFile(r.filename, r.urls[:1], "md5", "0" * 32) for r in idx._MNIST_REMOTES]
+    bad = [downloads.RemoteFile(r.filename, r.urls[-1:], "md5", "0" * 32) for r in good]
     monkeypatch.setattr(idx, "_MNIST_REMOTES", bad)
     other = tmp_path / "other"
     with pytest.raises(ValueError, match=r"checksum mismatch.*train-images-idx3-ubyte\.gz"):
@@ -586,10 +599,15 @@ def test_verify_file_and_default_root(tmp_path, monkeypatch):
 
 
 def test_unreachable_mirrors_raise_oserror(tmp_path, monkeypatch):
-    def down(request, timeout=None):
-        raise urllib.error.URLError("no route")
+    from evomal.tasks.datasets import california
 
-    monkeypatch.setattr(urllib.request, "urlopen", down)
-    with pytest.raises(OSError, match="no route"):
+    with socket.socket() as s:  # a port that nothing listens on: the connection is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    remote = california._CALIFORNIA_REMOTE
+    urls = (f"http://127.0.0.1:{port}/a/{remote.filename}", f"http://127.0.0.1:{port}/b/{remote.filename}")
+    monkeypatch.setattr(california, "_CALIFORNIA_REMOTE", downloads.RemoteFile(remote.filename, urls, remote.algorithm,
+                                                                               remote.digest))
+    with pytest.raises(OSError, match=r"could not download cal_housing\.tgz.*/a/cal_housing\.tgz.*/b/cal_housing"):
         load_task("california", data_dir=str(tmp_path), download=True)
     assert not any(tmp_path.iterdir())

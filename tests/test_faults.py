@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -177,9 +178,9 @@ class Reference:
 
 def wait_for_lock_owner(workdir: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
     """Until ``proc`` holds the lock (its onstart recorded it as the owner)."""
-    owner = workdir / ".snakemake" / locks.OWNER_FILE
+    record = workdir / ".snakemake" / locks.RECORDS / f"{proc.pid}@{socket.gethostname()}.json"
     deadline = time.monotonic() + timeout
-    while not (owner.exists() and json.loads(owner.read_text()).get("pid") == proc.pid):
+    while not record.exists():
         assert proc.poll() is None, f"the run ended before taking its lock (status {proc.returncode})"
         assert time.monotonic() < deadline, "the run never took its lock"
         time.sleep(0.2)
@@ -790,53 +791,89 @@ def test_a_second_run_on_the_same_results_is_refused(reference):
     assert_mlflow_has_no_duplicates(reference.workdir)
 
 
+HOLD_RECORD = """
+import sys, time
+from evomal.pipeline import locks
+held = locks.record_lock_owner(sys.argv[2:], sys.argv[1])
+print("recorded", flush=True)
+if "--exit" not in sys.argv:
+    time.sleep(600)
+"""
+
+
+def _run_holding(workdir: Path, *lock_files: Path, live: bool) -> subprocess.Popen:
+    """A process that records ``lock_files`` as its own Snakemake locks, then lives on (or exits)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_RECORD, str(workdir), *map(str, lock_files),
+                             *([] if live else ["--exit"])], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "recorded"
+    if not live:
+        proc.wait()
+    return proc
+
+
 def test_stale_lock_cleanup_spares_live_and_unknown_locks(tmp_path):
-    """Only the lock files recorded by a dead run are removed; never a live run's, never unrecorded ones."""
+    """Each run records only its own lock files; a later run removes exactly those of runs that are gone.
+
+    Two runs of one checkout: the dead one's locks go, the live one's stay (before, a single owner record
+    named every lock file of the checkout, so a killed run's record took a live run's locks with it)."""
     lock_dir = tmp_path / ".snakemake" / "locks"
+    lock_dir.mkdir(parents=True)
 
-    def take_locks(*names):
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            (lock_dir / name).write_text("results/tiny/gen_0/population.json\n")
+    def take(n: int) -> list[Path]:
+        paths = [lock_dir / f"{n}.input.lock", lock_dir / f"{n}.output.lock"]
+        for path in paths:
+            path.write_text(f"results/exp{n}/gen_0/population.json\n")
+        return paths
 
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-
-    def write_owner(pid):
-        locks.record_lock_owner(tmp_path)
-        owner = tmp_path / ".snakemake" / locks.OWNER_FILE
-        owner.write_text(json.dumps({**json.loads(owner.read_text()), "pid": pid}))
-
-    # a killed run: its recorded locks go
-    take_locks("0.input.lock", "0.output.lock")
-    write_owner(dead.pid)
-    assert locks.clear_stale_locks(tmp_path) == dead.pid
-    assert not list(lock_dir.glob("*.lock"))
-
-    # a finished run's record is still there when a new run takes the lock (before its onstart):
-    # the new run's lock files are not the recorded ones, so a third run must not remove them
-    take_locks("0.input.lock", "0.output.lock")
-    write_owner(dead.pid)
-    for f in lock_dir.glob("*.lock"):
-        f.unlink()
-    time.sleep(0.05)
-    take_locks("0.input.lock", "0.output.lock")  # same names, new files
-    assert locks.clear_stale_locks(tmp_path) is None
-    assert len(list(lock_dir.glob("*.lock"))) == 2
-
-    # a live holder (this very test process stands in for a snakemake that is alive)
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "snakemake"])
+    live_locks, dead_locks = take(0), take(1)
+    live = _run_holding(tmp_path, *live_locks, live=True)
     try:
-        write_owner(live.pid)
-        assert locks.clear_stale_locks(tmp_path) is None
-        assert len(list(lock_dir.glob("*.lock"))) == 2
+        _run_holding(tmp_path, *dead_locks, live=False)
+        state = locks.clear_stale_locks(tmp_path)
+        assert len(state.removed) == 1 and [r["pid"] for r in state.live] == [live.pid]
+        assert sorted(lock_dir.glob("*.lock")) == sorted(live_locks), "a live run's locks were removed"
+        assert state.unknown == []
+        notes = locks.lock_notes(state)
+        assert any(f"removed the locks of a killed run (pid {state.removed[0]})" in n for n in notes)
+        assert any(f"another run is active in this folder (pid {live.pid}" in n and "do not use --unlock" in n
+                   for n in notes)
+
+        # a dead run's lock files replaced by new ones under the same names (a run that has just taken its
+        # lock, before its onstart): not the recorded files, so they stay, and are reported as unrecorded
+        _run_holding(tmp_path, *take(1), live=False)
+        for path in take(1):
+            path.unlink()
+        time.sleep(0.01)
+        new = take(1)
+        state = locks.clear_stale_locks(tmp_path)
+        assert state.removed == [] and sorted(state.unknown) == sorted(new)
+        assert sorted(lock_dir.glob("*.lock")) == sorted(live_locks + new)
+        assert any("rm " + " ".join(map(str, sorted(new))) in n for n in locks.lock_notes(state))
     finally:
         live.kill()
         live.wait()
+    # the live run is killed now: its flock went with it, and so do its locks
+    state = locks.clear_stale_locks(tmp_path)
+    assert state.removed == [live.pid]
+    assert sorted(lock_dir.glob("*.lock")) == sorted(new)
 
-    # no record at all, or an unreadable one: leave it to Snakemake and `snakemake --unlock`
-    (tmp_path / ".snakemake" / locks.OWNER_FILE).write_text("{not json")
-    assert locks.clear_stale_locks(tmp_path) is None
-    (tmp_path / ".snakemake" / locks.OWNER_FILE).unlink()
-    assert locks.clear_stale_locks(tmp_path) is None
-    assert len(list(lock_dir.glob("*.lock"))) == 2
+
+def test_an_experiment_is_claimed_by_one_run_at_a_time(tmp_path):
+    """Claims in the results folder: refused while the holder lives, from any checkout; free once it dies."""
+    code = ("import sys, time\nfrom evomal.pipeline import locks\n"
+            "held = locks.claim_experiments(sys.argv[1], ['x'], workdir=sys.argv[2])\n"
+            "print('claimed', flush=True)\ntime.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "results"), str(tmp_path / "checkout-1")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        with pytest.raises(locks.ClaimError, match=rf"experiment x in .* is being written by another run "
+                                                   rf"\(pid {holder.pid} on .* in {tmp_path / 'checkout-1'}\).*kill {holder.pid}"):
+            locks.claim_experiments(tmp_path / "results", ["y", "x"], workdir=tmp_path / "checkout-2")
+        # what was claimed before the refusal is given back
+        locks.claim_experiments(tmp_path / "results", ["y"]).release()
+    finally:
+        holder.kill()
+        holder.wait()
+    held = locks.claim_experiments(tmp_path / "results", ["x"])  # the killed holder's claim went with it
+    held.release()

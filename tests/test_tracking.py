@@ -219,9 +219,15 @@ def test_tree_matches_files(gen, exp_dir, sqlite_uri):
     run = runs[row.id]
     assert run.data.params["expression"] == row.expression
     assert run.data.params["key"] == "key-0-0" and run.data.params["origin"] == "init"
-    assert run.data.tags["decision"] == "evaluate" and run.data.tags["mlflow.runName"] == row.id
+    # what the runs table shows without columns picked: the id and how the loss did
+    assert run.data.tags["decision"] == "evaluate" and run.data.tags["mlflow.runName"] == f"{row.id} {row.fitness:.4g}"
+    assert run.data.tags["fitness"] == f"{row.fitness:.4g}" and run.data.metrics["fitness"] == row.fitness
+    assert run.data.tags["mlflow.note.content"] == f"{row.fitness:.4g} evaluate: {row.expression}"
     assert len(client.get_metric_history(run.info.run_id, "meta_train/val_loss")) == 50
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/val_error_rate")] == [100, 200, 300]
+    history = client.get_metric_history(run.info.run_id, "train/val_error_rate")
+    assert [m.step for m in history] == [100, 200, 300]
+    # one time per step: charts against time spread the curve instead of stacking it on one instant
+    assert [m.timestamp - run.info.start_time for m in history] == [100, 200, 300]
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert names == {"loss.json", "formula.txt", "loss_shape.png", "fitness.json"}
     png = Path(client.download_artifacts(run.info.run_id, "loss_shape.png", str(exp_dir.parent / "dl")))
@@ -234,6 +240,7 @@ def test_tree_matches_files(gen, exp_dir, sqlite_uri):
     assert "non-finite" in diverged.data.tags["reason"]
     rejected = runs[table.iloc[3].id]
     assert rejected.data.tags["decision"] == "rejected" and rejected.data.tags["fitness"] == "inf"
+    assert rejected.data.tags["mlflow.runName"] == f"{table.iloc[3].id} rejected"
     equivalent = runs[table.iloc[7].id]
     assert equivalent.data.tags["reuse_of"] == table.iloc[0].id
     assert equivalent.data.metrics["fitness"] == pytest.approx(row.fitness)
@@ -367,9 +374,44 @@ def test_lock_retry():
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return "ok"
 
+    import random
+
+    state = random.getstate()
     assert tracking.with_lock_retry(flaky) == "ok" and len(calls) == 3
+    # the waits' jitter never draws from the global RNG, which breeding seeds for DEAP in other threads
+    assert random.getstate() == state
     with pytest.raises(ValueError):
         tracking.with_lock_retry(lambda: (_ for _ in ()).throw(ValueError("other")))
+    calls.clear()
+    with pytest.raises(RuntimeError, match="locked"):  # past the deadline the last error is raised
+        tracking.with_lock_retry(flaky, deadline=0.0)
+    assert len(calls) == 1
+
+
+def test_the_ui_opens_a_candidates_table_and_describes_the_search(gen, exp_dir, sqlite_uri):
+    import json
+
+    gen(exp_dir, 0)
+    _track_all(sqlite_uri, exp_dir, generations=(0,))
+    client = _client(sqlite_uri)
+    run_doc = files.read_json(exp_dir / "tracking" / "run.json")
+    exp = client.get_experiment(run_doc["experiment_id"])
+    view = json.loads(exp.tags["mlflow.sharedViewState." + tracking.CANDIDATES_VIEW])
+    assert view["selectedColumns"][:5] == ["attributes.`Description`", "tags.`fitness`", "tags.`decision`",
+                                           "params.`expression`", "params.`key`"]
+    assert view["orderByKey"] == "metrics.`fitness`" and view["orderByAsc"] is True
+    # the view's filter is a valid search that finds exactly the candidate runs
+    found = tracking.find_runs(client, [exp.experiment_id], view["searchFilter"])
+    assert len(found) == 12 and {r.data.tags["evomal.level"] for r in found} == {"candidate"}
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run_doc["candidates_view"].endswith(f"#/experiments/{exp.experiment_id}/runs?workflowType="
+                                               f"machine_learning&viewStateShareKey={tracking.CANDIDATES_VIEW}")
+    pipeline = client.get_run(run_doc["run_id"])
+    assert "population 25" in pipeline.data.tags["mlflow.note.content"]
+    repo = Path(__file__).resolve().parents[1]
+    if (repo / ".git").exists():
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+        assert pipeline.data.tags["mlflow.source.git.commit"] == head
 
 
 # --------------------------------------------------------------------------- unreachable backend
@@ -490,10 +532,21 @@ def test_weighted_infix_is_readable():
     assert tracking.weighted_infix("aq(y, f)", [1, -0.25]) == "y/sqrt(1 + (-0.25*f)^2)"
 
 
-def test_loss_shape_png_for_both_kinds():
+def test_loss_shape_png_for_both_kinds(tmp_path):
+    from matplotlib.image import imread
+
+    from evomal.results.report.shapes import expression_shapes
+
     for kind in ("classification", "regression"):
         png = tracking.loss_shape_png("square(sub(y, f))", kind, [1.0, 1.0, 1.0], title="square")
-        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) < 40_000
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) < 120_000
+        (tmp_path / f"{kind}.png").write_bytes(png)
+        height, width = imread(tmp_path / f"{kind}.png").shape[:2]
+        assert width >= 600 and height >= 350  # readable, not a 288 x 216 thumbnail
+        # what it draws: the loss and the baseline it is compared with
+        baseline = "cross-entropy" if kind == "classification" else "MSE"
+        assert all(list(c) == ["this loss", baseline] for c in expression_shapes("square(sub(y, f))", kind,
+                                                                                 [1.0] * 3).curves.values())
 
 
 def test_uris_and_rule_inputs(tmp_path, monkeypatch):

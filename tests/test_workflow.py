@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 
@@ -67,8 +68,17 @@ def test_every_file_of_the_contract(tiny_run):
     transfer = pd.read_csv(exp / "transfer.tsv", sep="\t")
     assert set(transfer["target"]) == {"wine/linear"}
     assert (workdir / "results" / "mlflow.db").exists()
-    # one progress line per generation
-    assert proc.stderr.count("[gen 0]") == 1 and proc.stderr.count("[gen 1]") == 1
+    # what a person reads: one progress line per generation, a line per meta-test and transfer run as it
+    # ends, the verdict and how to see more; none of Snakemake's per-job blocks (the default profile)
+    assert re.findall(r"^gen (\d)/2  best \S+ .*  evaluated \d/8  elapsed \S+  ETA \S+$", proc.stderr, re.M) == ["1", "2"]
+    runs = len(set(meta["method"])) * 2
+    assert len(re.findall(rf"^meta-test: digits/mlp \d+/{runs}  \S+ seed \d  test error rate ", proc.stderr, re.M)) == runs
+    assert len(re.findall(r"^transfer: wine/linear \d+/\d+  ", proc.stderr, re.M)) == len(transfer)
+    assert re.search(r"^tiny: The learned loss \(evomal\) is (better than|not significantly different from|worse "
+                     r"than) cross-entropy on test, p = ", proc.stderr, re.M)
+    assert "evomal show results/tiny" in proc.stderr
+    assert "rule population" not in proc.stderr and "Select jobs to execute" not in proc.stderr
+    assert len(proc.stderr.splitlines()) < 80
 
 
 def test_rerunning_stages_gives_identical_files(tiny_run, tmp_path):
@@ -88,7 +98,7 @@ def test_rerunning_stages_gives_identical_files(tiny_run, tmp_path):
     assert contract_files(exp) == before
     # delete a generation folder: exactly that generation and what depends on it is recomputed
     shutil.rmtree(exp / "gen_1")
-    proc = snakemake(workdir)
+    proc = snakemake(workdir, "--quiet", "host")  # Snakemake's job blocks, which the default profile hides
     assert "rule population" in proc.stderr and "wildcards: experiment=tiny, gen=0" not in proc.stderr
     assert contract_files(exp) == before
 
@@ -104,7 +114,7 @@ def test_raising_generations_extends_a_finished_run(tiny_run, tmp_path):
     exp = workdir / "results" / "tiny"
     old = {p: p.stat().st_mtime_ns for p in exp.glob("gen_[01]/**/*") if p.is_file()}
     write_config(workdir, tiny_config(search={"generations": 3}))
-    proc = snakemake(workdir)
+    proc = snakemake(workdir, "--quiet", "host")
     assert (exp / "gen_2" / "fitness.tsv").exists()
     assert {p: p.stat().st_mtime_ns for p in old} == old, "earlier generations must not be recomputed"
     assert "rule best" in proc.stderr and "rule meta_test" in proc.stderr

@@ -12,6 +12,8 @@ import io
 import json
 import math
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,11 +36,11 @@ def _repair_hint(path: Path) -> str:
     """
     if len(path.parts) >= 3 and path.parts[-3] == "candidates":
         gen_dir = path.parents[2]
-        return (f"to repair it, delete {path} and the folder {gen_dir / 'shards'}, then run "
-                f"`snakemake --force {gen_dir / 'fitness.tsv'}` (the generation's stages run again, reuse every "
-                "intact candidate file and recompute the deleted one) and then `snakemake`")
-    return (f"to repair it, delete {path}, then run `snakemake {path}` (recomputes it) and then `snakemake` "
-            "(reruns what depends on it if it changed)")
+        return (f"to repair it, delete {path} and the folder {gen_dir / 'shards'}, then run `snakemake` (the "
+                "generation's candidate stages, or its check job once the generation is gathered, reuse every "
+                "intact candidate file and recompute the deleted one)")
+    return (f"to repair it, delete {path}, then run `snakemake` (recomputes it and what depends on it; "
+            f"`snakemake {path}` first recomputes only it)")
 
 
 @functools.lru_cache(maxsize=1)
@@ -53,12 +55,59 @@ def _umask() -> int:
     return 0o022
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _host() -> str:
+    return socket.gethostname().split(".")[0]
+
+
+#: ``.<name>.<random>.<pid>@<host>.tmp``: who wrote a temporary file, so that a later run can tell
+#: one left by a killed writer (removable) from one being written now (evomal.core.files.remove_orphans)
+_TEMP_NAME = re.compile(r"\..+\.(?P<pid>\d+)@(?P<host>[^/@]+)\.tmp")
+
+
+def make_temp(path: str | os.PathLike) -> tuple[int, str]:
+    """A new temporary file beside ``path``, named after its writer, with the permissions a plain file
+    gets (mkstemp makes 0600; results and the MLflow store are shared like any file). Returns (fd, name)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{os.getpid()}@{_host()}.tmp")
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
+def remove_orphans(folder: str | os.PathLike, *, recursive: bool = True, unnamed: bool = False) -> list[Path]:
+    """Delete the temporary files in ``folder`` whose writer is dead (a kill between writing and renaming).
+
+    A file written on another machine is kept (its writer cannot be asked), and so is one without a
+    writer in its name (older versions) unless ``unnamed``: the caller knows nobody writes there now.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for tmp in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
+        m = _TEMP_NAME.fullmatch(tmp.name)
+        orphan = (not pid_alive(int(m["pid"])) if m["host"] == _host() else False) if m else unnamed
+        if orphan and tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = make_temp(path)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are shared like any file
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -128,6 +128,10 @@ def constant_sign(c) -> int | None:
     v = _value(c)
     if v is None or not math.isfinite(v) or abs(v) < _UNDECIDED:
         return None
+    if abs(v) < 1e-6:  # small: make sure a cancellation did not leave rounding noise
+        v2 = c.evalf(60, subs={EPS_SYMBOL: _EPS_EXACT})
+        if not v2.is_Number or abs(v2) < _UNDECIDED or (v2 > 0) != (v > 0):
+            return None
     return 1 if v > 0 else -1
 
 
@@ -141,13 +145,32 @@ def _normal(x):
     return (-1, neg) if _sort_key(neg) < _sort_key(x) else (1, x)
 
 
+def _log_rational(q):
+    """log(q) of a positive rational as a sum over its prime factors, e.g. log(6) = log(2) + log(3)."""
+    return sp.Add(*(e * sp.log(p) for p, e in sp.factorrat(q).items()))
+
+
 def _log_constant(c):
-    """log(c) of a positive constant as exact SymPy, logs of rationals split over primes."""
+    """log(c) of a positive constant, exact: split over the factors of c, each made positive (a log of
+    a negative factor would be complex); rationals split over primes. Whole if a sign is undecided."""
     if c.is_Rational:
-        return sp.Add(*(e * sp.log(p) for p, e in sp.factorrat(c).items()))
-    out = sp.expand_log(sp.log(c), force=True, factor=True)
-    reps = {t: _log_constant(t.args[0]) for t in out.atoms(sp.log) if t.args[0].is_Rational and t.args[0] != 1}
-    return sp.expand(out.xreplace(reps)) if reps else out
+        return _log_rational(c)
+    coeff, rest = c.as_coeff_Mul()
+    sign = 1 if coeff > 0 else -1
+    terms = [_log_rational(abs(coeff))]
+    for t in sp.Mul.make_args(rest):
+        base, e = t.as_base_exp()
+        if (base.is_Rational and base > 0) or base == EPS_SYMBOL:
+            terms.append(e * (_log_rational(base) if base.is_Rational else sp.log(base)))
+            continue
+        s = constant_sign(t)
+        if not s:
+            return sp.log(c)
+        sign *= s
+        terms.append(sp.log(t if s > 0 else -t))
+    if sign < 0:  # c is positive, so this cannot happen; keep log(c) whole rather than guess
+        return sp.log(c)
+    return _expand(sp.Add(*terms))
 
 
 # --------------------------------------------------------------------------- bounds
@@ -163,13 +186,24 @@ def _bound(x) -> tuple[float, bool] | None:
             return None
         v = _value(x)
         return (0.0, s > 0) if v is None or s == 0 else (v * (1 - 1e-12), True)
-    if x.is_Add or x.is_Mul:
+    if x.is_Add:
         parts = [_bound(t) for t in x.args]
         if any(p is None for p in parts):
             return None
-        if x.is_Add:
-            return sum(p[0] for p in parts), any(p[1] for p in parts)
-        return math.prod(p[0] for p in parts), all(p[1] for p in parts)
+        return sum(p[0] for p in parts), any(p[1] for p in parts)
+    if x.is_Mul:  # nonnegative factors and an even number of strictly negative ones
+        parts, negatives = [], 0
+        for t in x.args:
+            b = _bound(t)
+            if b is None:
+                if not negative(t):
+                    return None
+                negatives += 1
+                b = (0.0, True)
+            parts.append(b)
+        if negatives % 2:
+            return None
+        return (0.0 if negatives else math.prod(p[0] for p in parts)), all(p[1] for p in parts)
     if x.is_Pow:
         base, e = x.args
         b = _bound(base)
@@ -188,12 +222,32 @@ def _bound(x) -> tuple[float, bool] | None:
         return None if b is None else (math.tanh(b[0]), b[1])
     if func in (pmin, pmax):
         a, b = _bound(x.args[0]), _bound(x.args[1])
+        known = [p for p in (a, b) if p is not None]
+        if func is pmax and any(p[1] for p in known):  # >= a positive argument: never 0
+            return max(p[0] for p in known), True
         if a is None or b is None:
             return None
         if func is pmin:
             return min(a[0], b[0]), a[1] and b[1]
         return max(a[0], b[0]), a[1] or b[1]
     return None  # y, f, plog, psign
+
+
+@lru_cache(maxsize=65536)
+def negative(x) -> bool:
+    """x < 0 everywhere (so x is never 0)."""
+    if is_constant(x):
+        return constant_sign(x) == -1
+    func = x.func
+    if func is pmin:
+        return negative(x.args[0]) or negative(x.args[1])
+    if func is pmax:
+        return negative(x.args[0]) and negative(x.args[1])
+    if func is ptanh:
+        return negative(x.args[0])
+    if x.is_Add or x.is_Mul:
+        return positive(_expand(-x))
+    return False
 
 
 def nonneg(x) -> bool:
@@ -244,28 +298,42 @@ def _factors(expr):
 
 
 def _tidy(expr):
-    """sign(a)^k -> sign(a) or sign(a)^2; |a|^2k -> a^2k; |a|^(2k+1) -> a^2k |a|, then re-expand
-    (a few rounds: expanding a^2k may create new powers)."""
+    """Per term: sign(a)^k -> sign(a) or sign(a)^2; |a|^2k -> a^2k; |a|^(2k+1) -> a^2k |a|; and
+    sign(a)^2 dropped where the term also has a^k (k >= 2) or |a|^k: the term and its gradient are
+    0 at a = 0 either way. Re-expanded, a few rounds (expanding a^2k may create new powers)."""
     for _ in range(4):
-        reps = _tidy_replacements(expr)
-        if not reps:
+        terms = sp.Add.make_args(expr)
+        tidied = [_tidy_term(t) for t in terms]
+        if all(a is b for a, b in zip(tidied, terms)):
             break
-        expr = _expand(expr.xreplace(reps))
+        expr = _expand(sp.Add(*tidied))
     return expr
 
 
-def _tidy_replacements(expr) -> dict:
-    reps = {}
-    for term in sp.Add.make_args(expr):
-        for p in sp.Mul.make_args(term):
-            if p.is_Pow and p.exp.is_Integer:
-                k = int(p.exp)
-                if p.base.func is psign and k >= 3:
-                    reps[p] = p.base ** (2 - k % 2)
-                elif p.base.func is pabs and k >= 2:
-                    inner = p.base.args[0]
-                    reps[p] = inner ** (k - k % 2) * (p.base if k % 2 else 1)
-    return reps
+def _tidy_term(term):
+    factors = sp.Mul.make_args(term)
+    powers = dict(p.as_base_exp() for p in factors)
+    out, changed = [], False
+    for p in factors:
+        base, e = p.as_base_exp()
+        if e.is_Integer and e > 1 and base.func in (psign, pabs):
+            k, inner = int(e), base.args[0]
+            changed = True
+            if base.func is pabs:
+                p = inner ** (k - k % 2) * (base if k % 2 else 1)
+            elif k % 2 == 0 and _vanishes_with(inner, powers):
+                p = sp.Integer(1)
+            elif k > 2:
+                p = base ** (2 - k % 2)
+            else:
+                changed = False
+        out.append(p)
+    return sp.Mul(*out) if changed else term
+
+
+def _vanishes_with(a, powers) -> bool:
+    e = powers.get(a)
+    return (e is not None and e.is_Integer and e >= 2) or pabs(a) in powers
 
 
 # --------------------------------------------------------------------------- rules
@@ -284,6 +352,8 @@ def _abs_power(base, e):
         return abs_form(base) ** e
     if not (e.is_Integer and e > 0) or e.is_even or nonneg(base):
         return base**e  # (other than a positive integer power: the base is positive)
+    if negative(base):
+        return (-base) ** e
     if base.func is psign:
         return base**2
     if base.func is ptanh:
@@ -307,6 +377,8 @@ def _sign_power(base, e):
         return sp.Integer(1)  # a power other than a positive integer has a positive base
     if is_constant(base):
         return sign_form(base) ** e
+    if negative(base):
+        return sp.Integer(-1) ** e
     if e.is_even:
         return sign_form(base) ** 2
     func = base.func
@@ -344,11 +416,19 @@ def plog_form(x):
         if v is not None and v <= _BELOW_EPS:
             return sp.log(EPS_SYMBOL)
         return plog(a)
+    if _is_clamped_square(a):  # psqrt(m)^2 = max(|m|, eps)
+        return plog_form(a.base.args[0])
     if _at_least_eps(a):
         split = _log_of_positive(a)
         if split is not None:
             return split
     return plog(a)
+
+
+def _is_clamped_square(a) -> bool:
+    """a = psqrt(m)^2 = max(|m|, eps): then plog(a) = plog(m) and psqrt(a) = psqrt(m), values and
+    gradients (where |m| < eps both are constant; elsewhere a = |m|)."""
+    return a.is_Pow and a.exp == 2 and a.base.func is psqrt
 
 
 def _log_of_positive(a):
@@ -379,6 +459,8 @@ def psqrt_form(x):
         if v is not None and v <= _BELOW_EPS:
             return sp.sqrt(EPS_SYMBOL)
         return psqrt(a)
+    if _is_clamped_square(a):
+        return psqrt_form(a.base.args[0])
     if _at_least_eps(a):
         return _tidy(_expand(a**_HALF))
     return psqrt(a)
@@ -397,7 +479,7 @@ def lattice_form(op: str, a, b):
 
 
 def aq_form(a, b):
-    q = (1 + _expand(b**2)) ** -_HALF
+    q = (1 + _tidy(_expand(b**2))) ** -_HALF
     return _tidy(_expand(a * q))
 
 
@@ -469,14 +551,13 @@ def canonical_form(tree: Node):
 
 
 def _check(form) -> None:
-    """Only the vocabulary of this module may appear (a guard against a SymPy rewrite slipping in)."""
+    """Only the vocabulary of this module may appear (a guard against a SymPy rewrite slipping in:
+    I, pi, zoo, nan, floats, Abs, ... make the key structural)."""
     for node in sp.preorder_traversal(form):
         if node.is_Atom:
-            if node.is_Symbol and node not in (Y, F, EPS_SYMBOL):
-                raise Unsupported(f"symbol {node}")
-            if node.is_Number and not node.is_Rational:
-                raise Unsupported(f"number {node}")
-            continue
+            if node in (Y, F, EPS_SYMBOL) or node.is_Rational:
+                continue
+            raise Unsupported(f"atom {node} in {form}")
         if node.is_Add or node.is_Mul or node.is_Pow or node.func in _ATOMS:
             continue
         if node.func in _ALLOWED_CONSTANT_FUNCS and is_constant(node):

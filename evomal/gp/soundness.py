@@ -9,14 +9,18 @@ zeros, ties y = f and y = -f, values below the clamp 1e-7, +-1, small and large)
 Two stages, so that rounding is never mistaken for unsoundness: float64 torch autograd through the
 protected primitives of evomal.gp.primitives (the semantics the pipeline trains with) compares all
 points; a point where the two disagree beyond relative 1e-9 is re-evaluated in exact-real arithmetic
-(mpmath, 50 and then 500 digits, forward-mode derivatives with torch's conventions at kinks: sign' = 0,
-|a|' = sign(a), the clamp of log/sqrt passes the gradient where |a| >= 1e-7, min/max split it at a
-tie). Only a disagreement that survives both precisions counts: e.g. ((y + f) - f) - y is 0 in exact
-arithmetic but not always in float64, and the key that maps it to 0 is sound.
+(forward-mode derivatives with torch's conventions at kinks: sign' = 0, |a|' = sign(a), the clamp of
+log/sqrt passes the gradient where |a| >= 1e-7, min/max split it at a tie): mpmath at 80 digits, and
+where that disagrees too, SymPy with exact rationals, which also decides exactly whether a point lies
+on a kink (a tie of two irrational values, sqrt(eps)^2 against eps). Only a disagreement that survives
+exact arithmetic counts: e.g. ((y + f) - f) - y is 0 in exact arithmetic but not always in float64,
+and the key that maps it to 0 is sound.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -107,8 +111,11 @@ def program_of_key(key: str) -> tuple:
     from evomal.gp import algebra
 
     names = {a.__name__: a for a in algebra._ATOMS}
-    names.update(y=algebra.Y, f=algebra.F, eps=algebra.EPS_SYMBOL)
-    return _program_of_form(sp.parse_expr(body, local_dict=names))
+    names.update(y=algebra.Y, f=algebra.F, eps=algebra.EPS_SYMBOL, log=sp.log, tanh=sp.tanh, sqrt=sp.sqrt,
+                 Integer=sp.Integer)
+    # SymPy prints no floats and these names hold no digits: integer literals become exact Integers
+    source = re.sub(r"\b(\d+)\b", r"Integer(\1)", body)
+    return _program_of_form(eval(source, {"__builtins__": {}}, names))  # noqa: S307 - our own key text
 
 
 def _program_of_form(x) -> tuple:
@@ -188,100 +195,198 @@ def _float_close(a, b):
     return finite & ((a - b).abs() <= RTOL * scale)
 
 
-# --------------------------------------------------------------------------- exact reals (mpmath)
+# --------------------------------------------------------------------------- exact reals
 
 
-def evaluate_exact(program: tuple, y: float, f: float, dps: int = 50):
-    """(value, d/df) of ``program`` at one point in mpmath at ``dps`` digits, torch's conventions at kinks."""
-    import mpmath
+class _Mpmath:
+    """Fast: mpmath at 80 digits. Kinks are decided on rounded values, so at a point that lies on a
+    kink only mathematically (a tie of two irrational values, sqrt(eps)^2 against eps) it can be wrong:
+    a disagreement here goes on to _Exact."""
 
-    with mpmath.workdps(dps):
-        mp = mpmath.mpf
-        eps = mp(EPS)
-        yv, fv = mp(y), mp(f)
-        zero, one = mp(0), mp(1)
+    def __init__(self, y: float, f: float, dps: int = 80) -> None:
+        import mpmath
 
-        def walk(p):
-            op = p[0]
-            if op == "y":
-                return yv, zero
-            if op == "f":
-                return fv, one
-            if op == "eps":
-                return eps, zero
-            if op == "num":
-                return mp(p[1].p) / mp(p[1].q), zero
-            if op == "pow":
-                a, da = walk(p[1])
-                e = p[2]
-                if not e.is_Integer and a <= 0:
-                    raise ValueError(f"power {e} of a non-positive base in {p}")
-                e = int(e) if e.is_Integer else mp(e.p) / mp(e.q)
-                return a**e, e * a ** (e - 1) * da
-            args = [walk(c) for c in p[1:]]
-            if op == "sum":
-                return mpmath.fsum(a for a, _ in args), mpmath.fsum(d for _, d in args)
-            if op == "prod":
-                v, d = args[0]
-                for b, db in args[1:]:
-                    v, d = v * b, d * b + v * db
-                return v, d
-            (a, da) = args[0]
-            if op == "add":
-                return a + args[1][0], da + args[1][1]
-            if op == "sub":
-                return a - args[1][0], da - args[1][1]
-            if op == "mul":
-                b, db = args[1]
-                return a * b, da * b + a * db
-            if op == "aq":
-                b, db = args[1]
-                r = 1 / mpmath.sqrt(1 + b * b)
-                return a * r, da * r - a * b * db * r**3
-            if op == "sign":
-                return mpmath.sign(a), zero
-            if op == "square":
-                return a * a, 2 * a * da
-            if op == "abs":
-                return abs(a), mpmath.sign(a) * da
-            if op == "ln":
-                return mpmath.log(a), da / a
-            if op in ("log", "sqrt"):
-                m = abs(a)
-                passes = m >= eps
-                m = m if passes else eps
-                dm = mpmath.sign(a) * da if passes else zero
-                if op == "log":
-                    return mpmath.log(m), dm / m
-                s = mpmath.sqrt(m)
-                return s, dm / (2 * s)
-            if op == "tanh":
-                t = mpmath.tanh(a)
-                return t, (1 - t * t) * da
-            if op in ("min", "max"):
-                b, db = args[1]
-                if a == b:
-                    return a, (da + db) / 2
-                first = (a < b) == (op == "min")
-                return (a, da) if first else (b, db)
-            raise AssertionError(f"no exact rule for {op}")
+        self.m = mpmath
+        self.dps = dps
+        self.y, self.f, self.eps = mpmath.mpf(y), mpmath.mpf(f), mpmath.mpf(EPS)
 
+    def context(self):
+        return self.m.workdps(self.dps)
+
+    def num(self, q):
+        return self.m.mpf(q.p) / self.m.mpf(q.q)
+
+    def root(self, a, e):  # a**e, e a non-integer Rational, a > 0
+        return a ** (self.m.mpf(e.p) / self.m.mpf(e.q))
+
+    def sqrt(self, a):
+        return self.m.sqrt(a)
+
+    def log(self, a):
+        return self.m.log(a)
+
+    def tanh(self, a):
+        return self.m.tanh(a)
+
+    def cmp(self, a, b) -> int:
+        return (a > b) - (a < b)
+
+    def close(self, a, b) -> bool:
+        return abs(a - b) <= RTOL * max(abs(a), abs(b)) + self.m.mpf(10) ** (-2 * self.dps // 3)
+
+
+class _Exact:
+    """Exact: SymPy numbers, with y, f and eps as exact rationals (they are binary floats). A kink
+    (a tie, |a| = eps, a = 0) is decided on the difference, evaluated by SymPy to 60 correct digits
+    with up to 10,000 bits of working precision (0 if even that finds no digit); values are compared
+    numerically at 60 digits."""
+
+    def __init__(self, y: float, f: float) -> None:
+        import sympy as sp
+
+        self.sp = sp
+        self.y, self.f, self.eps = sp.Rational(y), sp.Rational(f), sp.Rational(EPS)
+
+    def context(self):
+        return contextlib.nullcontext()
+
+    def num(self, q):
+        return q
+
+    def root(self, a, e):
+        return a**e
+
+    def sqrt(self, a):
+        return self.sp.sqrt(a)
+
+    def log(self, a):
+        return self.sp.log(a)
+
+    def tanh(self, a):
+        return self.sp.tanh(a)
+
+    def cmp(self, a, b) -> int:
+        d = a - b
+        if d.is_Number:
+            return int(bool(d > 0)) - int(bool(d < 0))
+        v = d.evalf(60, maxn=10000)  # adaptive: up to 10,000 bits of working precision
+        if v.is_Number and v != 0 and getattr(v, "_prec", 0) >= 100:
+            return 1 if v > 0 else -1
+        return 0  # zero to thousands of digits: a tie (or a = 0) that SymPy cannot prove symbolically
+
+    def close(self, a, b) -> bool:
+        va, vb = a.evalf(60, maxn=10000), b.evalf(60, maxn=10000)
+        return bool(abs(va - vb) <= RTOL * max(abs(va), abs(vb)) + self.sp.Float("1e-40", 60))
+
+
+class _Undecided(ArithmeticError):
+    """Rounding made the fast backend leave the domain (a power of a positive base came out <= 0)."""
+
+
+def evaluate_exact(program: tuple, y: float, f: float, backend: str = "mpmath"):
+    """(value, d/df) of ``program`` at one point in exact-real arithmetic (``backend`` "mpmath": 80
+    digits, or "exact": SymPy), with torch's conventions at kinks; also returns the backend."""
+    num = _Mpmath(y, f) if backend == "mpmath" else _Exact(y, f)
+    zero, one = num.num(_ZERO), num.num(_ONE)
+
+    def sign(a):
+        return num.num(_RATIONALS[num.cmp(a, zero)])
+
+    def walk(p):
+        op = p[0]
+        if op == "y":
+            return num.y, zero
+        if op == "f":
+            return num.f, zero + one
+        if op == "eps":
+            return num.eps, zero
+        if op == "num":
+            return num.num(p[1]), zero
+        if op == "pow":
+            a, da = walk(p[1])
+            e = p[2]
+            if e.is_Integer:
+                k = int(e)
+                return a**k, k * a ** (k - 1) * da
+            if num.cmp(a, zero) <= 0:  # not in exact arithmetic (the base is positive); rounding
+                raise _Undecided(f"power {e} of a non-positive base in {p}")
+            return num.root(a, e), num.num(e) * num.root(a, e - 1) * da
+        args = [walk(c) for c in p[1:]]
+        if op in ("sum", "prod"):
+            v, d = args[0]
+            for b, db in args[1:]:
+                v, d = (v + b, d + db) if op == "sum" else (v * b, d * b + v * db)
+            return v, d
+        (a, da) = args[0]
+        if op == "add":
+            return a + args[1][0], da + args[1][1]
+        if op == "sub":
+            return a - args[1][0], da - args[1][1]
+        if op == "mul":
+            b, db = args[1]
+            return a * b, da * b + a * db
+        if op == "aq":
+            b, db = args[1]
+            r = 1 / num.sqrt(1 + b * b)
+            return a * r, da * r - a * b * db * r**3
+        if op == "sign":
+            return sign(a), zero
+        if op == "square":
+            return a * a, 2 * a * da
+        if op == "abs":
+            s = sign(a)
+            return s * a, s * da
+        if op == "ln":
+            return num.log(a), da / a
+        if op in ("log", "sqrt"):
+            s = sign(a)
+            m = s * a
+            passes = num.cmp(m, num.eps) >= 0
+            m, dm = (m, s * da) if passes else (num.eps, zero)
+            if op == "log":
+                return num.log(m), dm / m
+            r = num.sqrt(m)
+            return r, dm / (2 * r)
+        if op == "tanh":
+            t = num.tanh(a)
+            return t, (1 - t * t) * da
+        if op in ("min", "max"):
+            b, db = args[1]
+            c = num.cmp(a, b)
+            if c == 0:
+                return a, (da + db) / 2
+            first = (c < 0) == (op == "min")
+            return (a, da) if first else (b, db)
+        raise AssertionError(f"no exact rule for {op}")
+
+    with num.context():
         v, d = walk(program)
-        return +v, +d
+        return +v, +d, num
 
 
-def _exact_close(a, b) -> bool:
-    return abs(a - b) <= RTOL * max(abs(a), abs(b)) + 1e-40
+def _rationals():
+    import sympy as sp
+
+    return sp.Integer(0), sp.Integer(1), {-1: sp.Integer(-1), 0: sp.Integer(0), 1: sp.Integer(1)}
+
+
+_ZERO, _ONE, _RATIONALS = _rationals()
 
 
 def _exact_disagree(p1: tuple, p2: tuple, y: float, f: float) -> tuple | None:
-    """None if the two agree at (y, f) in exact arithmetic (at 50 or else 500 digits), else the values."""
-    for dps in (50, 500):
-        v1, d1 = evaluate_exact(p1, y, f, dps)
-        v2, d2 = evaluate_exact(p2, y, f, dps)
-        if _exact_close(v1, v2) and _exact_close(d1, d2):
-            return None
-    return (float(v1), float(v2), float(d1), float(d2))
+    """None if the two agree at (y, f) in exact arithmetic (mpmath first; SymPy decides), else the values."""
+    for backend in ("mpmath", "exact"):
+        try:
+            v1, d1, num = evaluate_exact(p1, y, f, backend)
+            v2, d2, _ = evaluate_exact(p2, y, f, backend)
+        except _Undecided:
+            if backend == "exact":
+                raise
+            continue
+        with num.context():
+            if num.close(v1, v2) and num.close(d1, d2):
+                return None
+    return tuple(float(x) for x in (v1, v2, d1, d2))
 
 
 # --------------------------------------------------------------------------- groups

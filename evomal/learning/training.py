@@ -110,12 +110,16 @@ class TrainResult:
     reason: str | None
     steps: int
     seconds: float
+    #: (step, validation metric) at the ``checkpoints`` reached; ``stopped``: ended by ``on_checkpoint``
+    checkpoints: list[tuple[int, float]] = field(default_factory=list)
+    stopped: bool = False
 
 
 def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], task, *, steps: int, lr: float,
           momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0, batch_size: int = 128,
           seed: int = 0, milestones: Iterable[int] = (), gamma: float = 0.1, eval_every: int | None = None,
-          check_every: int = 25) -> TrainResult:
+          check_every: int = 25, checkpoints: Iterable[int] = (),
+          on_checkpoint: Callable[[int, float], str | None] | None = None) -> TrainResult:
     """Train ``model`` in place with SGD (+ MultiStepLR over steps) under ``loss_fn``.
 
     Batches come from ``seed`` alone, so two losses trained with one seed see the same batches.
@@ -124,9 +128,13 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], task, *
     Divergence (a non-finite loss or parameter, checked every ``check_every`` steps to avoid a device
     sync per step) stops training early with ``diverged=True`` and a reason; so does a loss that does
     not depend on the network output (``diverged=False``, with a reason).
+    At each of ``checkpoints`` (steps) the validation metric is recorded, and ``on_checkpoint(step, metric)``
+    may return a reason to stop there (early stopping, evomal.learning.early_stop; ``stopped=True``).
     """
     t0 = time.perf_counter()
     kind = task.kind
+    checkpoints = set(int(c) for c in checkpoints)
+    reached: list[tuple[int, float]] = []
     loss_fn = _training_loss(loss_fn)
     x, y = _split(task, "train")
     x_val, y_val = _split(task, "val")
@@ -141,8 +149,8 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], task, *
     curve: list[tuple[int, float, float]] = []
     step = 0
 
-    def finish(diverged: bool, reason: str | None) -> TrainResult:
-        return TrainResult(curve, diverged, reason, step, time.perf_counter() - t0)
+    def finish(diverged: bool, reason: str | None, stopped: bool = False) -> TrainResult:
+        return TrainResult(curve, diverged, reason, step, time.perf_counter() - t0, reached, stopped)
 
     if steps <= 0 or eval_every:  # the curve starts at the untrained network (no training loss yet)
         curve.append((0, math.nan, metric(model, x_val, y_val, kind)))
@@ -162,19 +170,26 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], task, *
         running += loss.detach()
         count += 1
         record = step == steps or (eval_every and step % eval_every == 0)
-        if record or step % check_every == 0:
+        checkpoint = step in checkpoints
+        if record or checkpoint or step % check_every == 0:
             total, ok = torch.stack([running, _params_finite(params).double()]).tolist()
             if not math.isfinite(total):
                 return finish(True, f"non-finite training loss by step {step}")
             if not ok:
                 return finish(True, f"non-finite network parameters by step {step}")
-            if record:
+            if record or checkpoint:
                 val = metric(model, x_val, y_val, kind)
+            if record:
                 curve.append((step, total / count, val))
                 running.zero_()
                 count = 0
-                if not math.isfinite(val):
-                    return finish(True, f"non-finite validation metric at step {step}")
+            if (record or checkpoint) and not math.isfinite(val):
+                return finish(True, f"non-finite validation metric at step {step}")
+            if checkpoint:
+                reached.append((step, val))
+                why = on_checkpoint(step, val) if on_checkpoint is not None else None
+                if why is not None:
+                    return finish(False, why, stopped=True)
     return finish(False, None)
 
 
@@ -187,12 +202,19 @@ class FitnessResult:
     reason: str | None
     curve: list[tuple[int, float, float]]
     seconds: float
+    #: early stopping: (step, validation metric) at the checkpoints reached, and the step it stopped at
+    checkpoints: list[tuple[int, float]] = field(default_factory=list)
+    stopped_at: int | None = None
 
 
 def fitness(loss, task, model: nn.Module, *, steps: int = 500, lr: float, momentum: float = 0.0,
             nesterov: bool = False, weight_decay: float = 0.0, batch_size: int = 128, seed: int,
-            eval_every: int | None = None, reinit: Reinit | None = None) -> FitnessResult:
+            eval_every: int | None = None, reinit: Reinit | None = None, early_stop=None) -> FitnessResult:
     """DESIGN §1.6: re-initialise ``model`` from ``seed``, train ``steps`` SGD steps, score on validation.
+
+    ``early_stop`` (an :class:`evomal.learning.early_stop.ScoreBoard`, built for ``steps``) stops a
+    hopeless candidate at a checkpoint: fitness inf, the verdict as reason. None trains every candidate
+    to the end (the paper).
 
     ``eval_every`` defaults to a tenth of ``steps``: the curve (for the tracking) has 11 points, step 0
     included; the fitness is the metric after the last step either way.
@@ -201,13 +223,15 @@ def fitness(loss, task, model: nn.Module, *, steps: int = 500, lr: float, moment
     if eval_every is None:
         eval_every = max(1, steps // CURVE_POINTS)
     (reinit or _default_reinit())(model, seed)
+    stops = {} if early_stop is None else dict(checkpoints=early_stop.steps, on_checkpoint=early_stop.verdict)
     result = train(model, loss, task, steps=steps, lr=lr, momentum=momentum, nesterov=nesterov,
-                   weight_decay=weight_decay, batch_size=batch_size, seed=seed, eval_every=eval_every)
+                   weight_decay=weight_decay, batch_size=batch_size, seed=seed, eval_every=eval_every, **stops)
     if result.reason is not None:
         value, reason = math.inf, result.reason
     else:
         value, reason = result.curve[-1][2], None
-    return FitnessResult(value, reason, result.curve, time.perf_counter() - t0)
+    return FitnessResult(value, reason, result.curve, time.perf_counter() - t0, result.checkpoints,
+                         result.steps if result.stopped else None)
 
 
 # --------------------------------------------------------------------------- local search

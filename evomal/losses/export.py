@@ -135,8 +135,9 @@ def torch_source(tree: Node, kind: str, weights: list[float], *, meta: dict | No
     return "\n".join(head + ([""] + info if info else []) + [""] + body) + "\n"
 
 
-def _module_tail(kind: str) -> list[str]:
-    """``_reduce``, ``loss`` and ``LearnedLoss`` around the module's ``elementwise(y, f, weights)``."""
+def _module_tail(kind: str, dtype: str = "torch.get_default_dtype()") -> list[str]:
+    """``_reduce``, ``loss`` and ``LearnedLoss`` (its weights of ``dtype``) around the module's
+    ``elementwise(y, f, weights)``."""
     return [
         "def _reduce(output, target, weights):",
         *_reduction_lines(kind),
@@ -152,7 +153,7 @@ def _module_tail(kind: str) -> list[str]:
         "",
         "    def __init__(self, trainable=False):",
         "        super().__init__()",
-        "        weights = torch.tensor(WEIGHTS, dtype=torch.get_default_dtype())",
+        f"        weights = torch.tensor(WEIGHTS, dtype={dtype})",
         "        if trainable:",
         "            self.weights = torch.nn.Parameter(weights)",
         "        else:",
@@ -187,7 +188,9 @@ def family_source(doc: dict, body: list[str], *, title: str, weights_doc: str, m
     info = [f"# {key}: {_comment(meta[key])}" for key in
             ("source", "experiment", "method", "id", "generation", "fitness", "formula") if meta.get(key) is not None]
     lines = ["import torch", "", f"KIND = {json.dumps(kind)}", f"FAMILY = {json.dumps(doc['family'])}",
-             f"EXPRESSION = {json.dumps(str(doc['expression']))}", *body, "", "", *_module_tail(kind)]
+             f"EXPRESSION = {json.dumps(str(doc['expression']))}", *body, "", "",
+             # float64 weights as the files hold them; the batch loss casts them to the outputs' dtype
+             *_module_tail(kind, "torch.float64")]
     return "\n".join(head + ([""] + info if info else []) + [""] + lines) + "\n"
 
 

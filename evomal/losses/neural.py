@@ -7,7 +7,7 @@ both average over the batch (``evomal.losses.modules.loss_value``, shared with t
 
 All network weights are one flat vector (the ``weights`` of the loss file and of the module), so the
 unrolled local search that tunes EvoMAL's edge weights tunes ML3's network unchanged: the network is
-evaluated with ``torch.func.functional_call`` on views of that vector.
+evaluated functionally on views of that vector.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from functools import lru_cache
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from evomal.losses.codegen import check_kind
 from evomal.losses.modules import loss_value
@@ -45,13 +45,19 @@ def num_weights(layers: Sequence[int] = LAYERS) -> int:
     return sum(a * b for a, b in weight_shapes(layers))
 
 
-def network(layers: Sequence[int], device: str | torch.device = "meta") -> nn.Sequential:
-    """Linear (no bias) and ReLU layers with a Softplus output; parameters on ``device`` ("meta": none)."""
+def network(layers: Sequence[int] = LAYERS, weights: Tensor | None = None) -> nn.Sequential:
+    """The same network as an ``nn.Sequential`` (Linear without bias, ReLU, ..., Softplus), with the flat
+    ``weights`` copied in when given: for inspecting a learned loss or reusing it as a module."""
     mods: list[nn.Module] = []
     for i, (n_out, n_in) in enumerate(weight_shapes(layers)):
-        mods.append(nn.Linear(n_in, n_out, bias=False, device=device))
+        mods.append(nn.Linear(n_in, n_out, bias=False))
         mods.append(nn.ReLU() if i < len(layers) - 2 else nn.Softplus())
-    return nn.Sequential(*mods)
+    net = nn.Sequential(*mods)
+    if weights is not None:
+        with torch.no_grad():
+            for m, w in zip(net[::2], NeuralElementwise(layers).unflatten(torch.as_tensor(weights).float())):
+                m.weight.copy_(w)
+    return net
 
 
 def initial_weights(layers: Sequence[int] = LAYERS, *, seed: int) -> Tensor:
@@ -70,25 +76,31 @@ def initial_weights(layers: Sequence[int] = LAYERS, *, seed: int) -> Tensor:
 
 
 class NeuralElementwise:
-    """``fn(w, y, f)``: the network applied to every (f, y) pair, its weights the flat vector ``w``."""
+    """``fn(w, y, f)``: the network applied to every (f, y) pair, its weights the flat vector ``w``.
+
+    Written with ``torch.nn.functional`` on views of ``w``: stateless, so one instance serves every
+    thread (``torch.func.functional_call`` would swap a shared module's parameters in place), and the
+    same operations as the standalone export, so both give the same values.
+    """
 
     def __init__(self, layers: Sequence[int] = LAYERS) -> None:
         self.layers = check_layers(layers)
-        self.template = network(self.layers)  # meta device: only its structure is used
-        self.names = [name for name, _ in self.template.named_parameters()]
         self.shapes = weight_shapes(self.layers)
-        self.num_weights = num_weights(self.layers)
+        self.sizes = [a * b for a, b in self.shapes]
+        self.num_weights = sum(self.sizes)
 
-    def unflatten(self, w: Tensor) -> dict[str, Tensor]:
+    def unflatten(self, w: Tensor) -> list[Tensor]:
         if w.shape != (self.num_weights,):
             raise ValueError(f"an ML3 network {list(self.layers)} has {self.num_weights} weights, got {tuple(w.shape)}")
-        chunks = torch.split(w, [a * b for a, b in self.shapes])
-        return {name: c.view(shape) for name, c, shape in zip(self.names, chunks, self.shapes)}
+        return [c.view(shape) for c, shape in zip(torch.split(w, self.sizes), self.shapes)]
 
     def __call__(self, w: Tensor, y: Tensor, f: Tensor) -> Tensor:
-        y = y.expand_as(f) if y.shape != f.shape else y
-        x = torch.stack((f, y), dim=-1)  # prediction first, as in the reference
-        return functional_call(self.template, self.unflatten(w.to(f.dtype)), (x,)).squeeze(-1)
+        h = torch.stack((f, y.expand_as(f)), dim=-1)  # prediction first, as in the reference
+        mats = self.unflatten(w.to(f.dtype))
+        for i, m in enumerate(mats):
+            h = F.linear(h, m)
+            h = torch.relu(h) if i < len(mats) - 1 else F.softplus(h)
+        return h.squeeze(-1)
 
 
 @lru_cache(maxsize=8)

@@ -47,15 +47,16 @@ def check_parameters(theta: Tensor | Sequence[float]) -> list[float]:
 
 
 class TaylorLoss(nn.Module):
-    """TaylorGLO's polynomial as a loss module; ``weights`` is θ (8 values)."""
+    """TaylorGLO's polynomial as a loss module; ``weights`` is θ (8 values, float64 as CMA-ES samples
+    them: the batch loss casts them to the outputs' dtype, as the standalone export does)."""
 
     family = FAMILY
 
     def __init__(self, kind: str, theta: Tensor | Sequence[float] | None = None, *, trainable: bool = True) -> None:
         super().__init__()
         self.kind = check_kind(kind)
-        theta = torch.zeros(NUM_PARAMETERS) if theta is None else torch.as_tensor(theta, dtype=torch.float32)
-        theta = theta.detach().clone().reshape(-1).float()
+        theta = torch.zeros(NUM_PARAMETERS) if theta is None else torch.as_tensor(theta, dtype=torch.float64)
+        theta = theta.detach().clone().reshape(-1).double()
         if theta.numel() != NUM_PARAMETERS:
             raise ValueError(f"a third-order Taylor loss has {NUM_PARAMETERS} parameters, got {theta.numel()}")
         self.weights = nn.Parameter(theta, requires_grad=trainable)

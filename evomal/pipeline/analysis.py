@@ -42,10 +42,18 @@ def analysis_targets(exp_dir: str, exp: dict) -> list[str]:
             if exp["analysis"][name]["enabled"] for path in outputs.values()]
 
 
+def counts_primitives(method: str) -> bool:
+    """Whether a method searches over the GP primitives, so its best loss and candidates are expressions
+    (evomal, gplfl; not the neural ML3 or the Taylor polynomials of TaylorGLO)."""
+    from evomal.methods import get_method
+
+    return "gp_search" in get_method(method).stages
+
+
 def check_primitive_sources(experiment: str, sources: Mapping) -> None:
     if not sources:
         raise ConfigError(f"config key experiments.{experiment}.analysis.primitive_stats.enabled: no experiment "
-                          "of `run` searches (every one is a baseline), so there are no losses to count")
+                          "of `run` runs a GP search (method evomal or gplfl), so there are no expressions to count")
 
 
 # --------------------------------------------------------------------------- settings

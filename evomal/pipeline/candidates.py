@@ -13,13 +13,23 @@ from pathlib import Path
 from evomal.core import files
 from evomal.core.files import record_seconds
 from evomal.core.joblog import JobLog
-from evomal.gp.expressions import parse
 from evomal.learning.context import load_task_for, use_threads
 from evomal.learning.fitness_measure import FitnessMeasure
 from evomal.methods import get_method
-from evomal.pipeline.contract import candidate_dir, shard_members
+from evomal.pipeline.contract import LOSS_FILE, candidate_dir, shard_members
 from evomal.pipeline.faults import failpoint
 from evomal.pipeline.stage_inputs import candidate_seed, learning_setup, resolve
+
+
+def loss_fingerprint(rec: dict, exp: dict) -> str:
+    """What a candidate's loss.json is computed from (compile); evomal.pipeline.check verifies it."""
+    return files.fingerprint(rec["expression"], exp["method"], exp["seed"])
+
+
+def optimized_fingerprint(cdir, exp: dict) -> str:
+    """What optimized.pt is computed from: the loss file and the local-search settings."""
+    return files.fingerprint(files.file_digest(Path(cdir) / LOSS_FILE), exp["method"], exp["local_search"],
+                             exp["training"], exp["dataset"], exp["model"], exp["seed"])
 
 
 def _shard_job(filter_path, shard: int, manifest_path, stage: str, work, log: str | None) -> None:
@@ -42,20 +52,17 @@ def _shard_job(filter_path, shard: int, manifest_path, stage: str, work, log: st
 
 def compile_shard(filter_path, shard: int, manifest_path, *, exp: dict, recompute: bool = False,
                   log: str | None = None) -> None:
-    """Expression -> loss network file with its initial edge weights (DESIGN §1.3)."""
-    from evomal.losses.lossfile import save_loss
-
+    """Expression -> loss network file with its initial edge weights (DESIGN §1.3); a method with its
+    own loss family writes its candidates' files (Method.save_candidate_loss: TaylorGLO's θ)."""
     method = get_method(exp["method"])
     kind = load_task_for(exp["dataset"], seed=exp["seed"], device=resolve("cpu")).kind
 
     def work(rec, gen_dir, say):
         path = candidate_dir(gen_dir, rec["id"]) / "loss.json"
-        fp = files.fingerprint(rec["expression"], exp["method"], exp["seed"])
+        fp = loss_fingerprint(rec, exp)
         if not recompute and path.exists() and files.read_json(path).get("fingerprint") == fp:
             return True
-        tree = parse(rec["expression"])
-        weights = method.initial_weights(tree, seed=candidate_seed(exp, rec["id"]))
-        save_loss(path, tree, kind, weights, id=rec["id"], fingerprint=fp)
+        method.save_candidate_loss(path, rec, kind, seed=candidate_seed(exp, rec["id"]), id=rec["id"], fingerprint=fp)
         return False
 
     _shard_job(filter_path, shard, manifest_path, "compile", work, log)
@@ -91,8 +98,7 @@ def optimize_shard(filter_path, shard: int, manifest_path, *, exp: dict, device:
     def work(rec, gen_dir, say):
         cdir = candidate_dir(gen_dir, rec["id"])
         out = cdir / "optimized.pt"
-        fp = files.fingerprint(files.file_digest(cdir / "loss.json"), exp["method"], ls, exp["training"],
-                               exp["dataset"], exp["model"], exp["seed"])
+        fp = optimized_fingerprint(cdir, exp)
         if not recompute and out.exists() and files.read_tensors(out).get("fingerprint") == fp:
             return True
         loss = load_loss(cdir / "loss.json").to(dev)
@@ -116,16 +122,22 @@ def optimize_shard(filter_path, shard: int, manifest_path, *, exp: dict, device:
 
 
 def evaluate_shard(filter_path, shard: int, manifest_path, *, exp: dict, device: str = "cpu",
-                   recompute: bool = False, log: str | None = None, threads: int = 1) -> None:
-    """Fitness by partial training (DESIGN §1.6); a bad loss gets inf with its reason, never an error."""
+                   recompute: bool = False, log: str | None = None, threads: int = 1, archive=None) -> None:
+    """Fitness by partial training (DESIGN §1.6); a bad loss gets inf with its reason, never an error.
+
+    With ``early_stop`` enabled, ``archive`` (the previous generation's archive.json) and the shard's
+    earlier candidates are what a candidate is compared with at the checkpoints (evomal.pipeline.early_stopping).
+    """
     use_threads(threads)
     from evomal.losses.lossfile import load_loss
     from evomal.learning.training import fitness
+    from evomal.pipeline.early_stopping import early_stop_board
 
     dev, task, build, settings = learning_setup(exp, device)
     measure = FitnessMeasure.from_config(exp.get("fitness"))
     # the reference measure keeps the fingerprints of runs made before the measure was configurable
     measure_fp = () if measure.is_reference else (exp["fitness"],)
+    board = early_stop_board(exp, settings.steps, archive)  # None when off: files as without the feature
 
     def work(rec, gen_dir, say):
         cdir = candidate_dir(gen_dir, rec["id"])
@@ -133,14 +145,22 @@ def evaluate_shard(filter_path, shard: int, manifest_path, *, exp: dict, device:
         opt = files.read_tensors(cdir / "optimized.pt")
         # the learned weights, not the file: optimized.pt also holds wall-clock seconds
         fp = files.fingerprint(opt["weights"].tolist(), files.file_digest(cdir / "loss.json"),
-                               exp["training"], exp["dataset"], exp["model"], exp["seed"], *measure_fp)
-        if not recompute and out.exists() and files.read_json(out).get("fingerprint") == fp:
+                               exp["training"], exp["dataset"], exp["model"], exp["seed"], *measure_fp,
+                               *(() if board is None else (exp["early_stop"], board.snapshot())))
+        if not recompute and out.exists() and (old := files.read_json(out)).get("fingerprint") == fp:
+            if board is not None:
+                board.add(old.get("checkpoints", []))
             return True
         loss = load_loss(cdir / "loss.json").to(dev)
         loss.weights.data.copy_(opt["weights"].to(dev))
-        runs = [fitness(loss, task, build(seed), steps=settings.steps, seed=seed,
-                        eval_every=measure.eval_every_for(settings.steps), **settings.optimizer_kwargs())
-                for seed in measure.seeds_for(exp["seed"])]
+        seeds = measure.seeds_for(exp["seed"])
+        runs = []
+        for seed in seeds:  # the board judges the first run; a candidate stopped there runs no other seed
+            runs.append(fitness(loss, task, build(seed), steps=settings.steps, seed=seed,
+                                eval_every=measure.eval_every_for(settings.steps),
+                                early_stop=board if seed == seeds[0] else None, **settings.optimizer_kwargs()))
+            if runs[0].stopped_at is not None:
+                break
         r = runs[0]
         failed = next((x for x in runs if x.reason), None)
         value = math.inf if failed else (r.fitness if measure.is_reference else measure.value([x.curve for x in runs]))
@@ -151,6 +171,9 @@ def evaluate_shard(filter_path, shard: int, manifest_path, *, exp: dict, device:
                "fingerprint": fp}
         if len(runs) > 1:
             doc["seed_curves"] = [x.curve for x in runs[1:]]
+        if board is not None:
+            doc["checkpoints"], doc["stopped_at"] = r.checkpoints, r.stopped_at
+            board.add(r.checkpoints)
         files.write_json(out, doc)
         r = failed or r
         if r.reason:

@@ -6,6 +6,7 @@ and defaults; this module adds what a schema cannot say (cross-key rules, regist
 from __future__ import annotations
 
 import copy
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,27 @@ def _resolve_ref(schema: dict, node: dict) -> dict:
     return node
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _from_text(node: dict, value):
+    """A number or boolean that arrived as text: Snakemake parses the values nested in ``--config
+    'experiments={x: {search: {generations: 5}}}'`` with YAML's base loader, which gives only strings."""
+    kinds = node.get("type")
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds or [])
+    if not isinstance(value, str) or "string" in kinds:
+        return value
+    text = value.strip()
+    if "boolean" in kinds and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if _NUMBER.fullmatch(text):
+        if "integer" in kinds and re.fullmatch(r"[-+]?\d+", text):
+            return int(text)
+        if "number" in kinds:
+            return float(text)
+    return value
+
+
 def _filling_validator(schema: dict):
     """A Draft 2020-12 validator that also inserts every missing property's default as it validates
     (jsonschema's documented ``validators.extend`` recipe), so that the schema alone holds the defaults.
@@ -47,15 +69,24 @@ def _filling_validator(schema: dict):
     base = jsonschema.Draft202012Validator
     check_properties = base.VALIDATORS["properties"]
 
+    check_items = base.VALIDATORS["items"]
+
     def properties(validator, props, instance, node):
         if validator.is_type(instance, "object"):
             for key, sub in props.items():
                 sub = _resolve_ref(schema, sub)
                 if key not in instance and "default" in sub:
                     instance[key] = copy.deepcopy(sub["default"])
+                elif key in instance:
+                    instance[key] = _from_text(sub, instance[key])
         yield from check_properties(validator, props, instance, node)
 
-    return validators.extend(base, {"properties": properties})(schema)
+    def items(validator, sub, instance, node):
+        if validator.is_type(instance, "array") and isinstance(sub, dict):
+            instance[:] = [_from_text(_resolve_ref(schema, sub), v) for v in instance]
+        yield from check_items(validator, sub, instance, node)
+
+    return validators.extend(base, {"properties": properties, "items": items})(schema)
 
 
 def _key_path(path) -> str:
@@ -132,6 +163,9 @@ def _cross_key_errors(config: dict) -> list[str]:
         if s["crossover"] + s["mutation"] > 1:
             errors.append(f"config key experiments.{name}.search: crossover + mutation must be <= 1, "
                           f"got {s['crossover']} + {s['mutation']}")
+        if s["tournament"] > s["population"]:
+            errors.append(f"config key experiments.{name}.search.tournament: {s['tournament']} is larger than "
+                          f"search.population ({s['population']}); a tournament draws from the population")
         lo, hi = s["init_height"]
         if lo > hi or hi + 1 > s["max_height"]:  # repair can add one level to an initial tree
             errors.append(f"config key experiments.{name}.search.init_height: need min <= max and "
@@ -144,6 +178,22 @@ def _cross_key_errors(config: dict) -> list[str]:
             if other not in config["experiments"] or other == name:
                 errors.append(f"config key experiments.{name}.compare: {other!r} is not another defined "
                               f"experiment; defined: {', '.join(config['experiments'])}")
+    return errors + _path_errors(config)
+
+
+def _path_errors(config: dict) -> list[str]:
+    """Folders the run will create, below something that is not a folder (checked now: the first job
+    would fail with a raw OSError)."""
+    uri = config["tracking_uri"]
+    paths = [("results_dir", Path(config["results_dir"]))]
+    if uri.startswith("sqlite:///"):
+        paths.append(("tracking_uri", Path(uri[len("sqlite:///"):].split("?")[0]).parent))
+    errors = []
+    for key, path in paths:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            errors.append(f"config key {key}: {path} cannot be created, {blocker} is a file, not a folder; "
+                          f"choose another {key}")
     return errors
 
 

@@ -17,6 +17,7 @@ FILTER = "filter.json"
 FITNESS_TABLE = "fitness.tsv"
 ARCHIVE = "archive.json"
 TRACKED = "tracked.json"
+CHECKED = "checked.json"  # written by the check job: digests of the verified candidate files
 CANDIDATES = "candidates"
 SHARDS = "shards"
 
@@ -24,6 +25,9 @@ SHARDS = "shards"
 LOSS_FILE = "loss.json"
 OPTIMIZED_FILE = "optimized.pt"
 FITNESS_FILE = "fitness.json"
+
+# per generation of a CMA-ES search (TaylorGLO): the strategy's state once the generation was told
+CMAES_STATE = "cmaes.json"
 
 # per experiment
 CONFIG_FILE = "config.yaml"
@@ -44,6 +48,8 @@ PLOT_FILES = {
 }
 SUMMARY_MD = "summary.md"
 SUMMARY_HTML = "summary.html"
+#: every plot's PNG has a vector twin beside it (same name, this suffix)
+VECTOR_SUFFIX = ".svg"
 
 #: Columns of gen_<g>/fitness.tsv. No timings: the table is byte-identical whenever it is recomputed.
 TABLE_COLUMNS = ["id", "expression", "origin", "parents", "key", "decision", "reason", "reuse_of", "fitness"]
@@ -66,6 +72,11 @@ def candidate_dir(gen_dir: str | Path, cand_id: str) -> Path:
 def shard_members(filter_doc: dict, shard: int) -> list[dict]:
     """The candidates of a filter.json that a per-shard stage job computes."""
     return [c for c in filter_doc["candidates"] if c["decision"] == "evaluate" and c["shard"] == shard]
+
+
+def vector_path(png_path: str | Path) -> Path:
+    """The SVG twin of a plot's PNG (same name, ``.svg``)."""
+    return Path(png_path).with_suffix(VECTOR_SUFFIX)
 
 
 def results_inputs(exp_dir: str, exp: dict, *, searches: bool) -> dict[str, str]:

@@ -30,9 +30,11 @@ def run_started(workdir: str | Path = ".") -> float | None:
 
 
 def duration(seconds: float | None) -> str:
-    """``42s``, ``3m05s``, ``2h07m``; ``-`` when unknown."""
+    """``0.4s``, ``42s``, ``3m05s``, ``2h07m``; ``-`` when unknown."""
     if seconds is None or seconds != seconds or seconds < 0:
         return "-"
+    if seconds < 9.95:
+        return f"{seconds:.1f}s"
     s = int(round(seconds))
     if s < 60:
         return f"{s}s"
@@ -87,33 +89,37 @@ def seed_line(*, target: str, method: str, seed: int, done: int, total: int, met
 
 
 # --------------------------------------------------------------------------- Snakemake's own output
-#: scheduler lines that Snakemake prints twice per job and no ``--quiet`` choice hides (Snakemake 9);
-#: they are dropped from the terminal only, the log file under .snakemake/log keeps them
+#: lines that Snakemake prints for every job and that no ``--quiet`` choice hides without hiding the
+#: job table of a dry run too (Snakemake 9): dropped from the terminal only, the log file under
+#: .snakemake/log keeps them
 SCHEDULER_LINES = ("Select jobs to execute...",)
 
 
-class _SchedulerLines:
+class _PerJobLines:
     def filter(self, record) -> bool:
-        from snakemake_interface_logger_plugins.common import LogEvent
+        from snakemake.logging import LogEvent
 
-        if getattr(record, "event", None) == LogEvent.JOB_STARTED:  # "Execute N jobs..."
+        # "Execute N jobs...", "Finished jobid ...", "N of M steps (x%) done" (a checkpoint adds jobs,
+        # so that share even goes backwards)
+        if getattr(record, "event", None) in (LogEvent.JOB_STARTED, LogEvent.JOB_FINISHED, LogEvent.PROGRESS):
             return False
         return record.getMessage() not in SCHEDULER_LINES
 
 
 def quiet_scheduler(workflow) -> bool:
-    """With ``--quiet progress`` (the default profile), also hide the scheduler's per-job lines in the
-    terminal. Returns whether it did. ``--quiet host`` (or no --quiet) keeps all of Snakemake's output."""
+    """With ``--quiet rules`` (the default profile), also hide Snakemake's per-job progress lines in the
+    terminal, so that the project's own lines are what a person reads; a dry run still prints its job
+    table. Returns whether it did. ``--quiet host`` (or no ``--quiet``) keeps all of Snakemake's output."""
     import logging
 
     from snakemake.settings.enums import Quietness
 
     quiet = getattr(getattr(workflow, "output_settings", None), "quiet", None) or set()
-    if Quietness.PROGRESS not in quiet:
+    if Quietness.RULES not in quiet:
         return False
     done = False
     for handler in logging.getLogger("snakemake.logging").handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            handler.addFilter(_SchedulerLines())
+            handler.addFilter(_PerJobLines())
             done = True
     return done

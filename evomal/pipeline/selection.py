@@ -145,8 +145,11 @@ def select_best(archive_path, results_dir, out_path, *, exp: dict, finalists=Non
     kind = files.read_json(cdir / "loss.json")["kind"]
     opt = files.read_tensors(cdir / "optimized.pt")
     failpoint("best")
+    # the optimiser the weights were tuned for: a user trains with the same (README, `evomal show`)
+    training = exp["training"]
+    sgd = {k: training[k] for k in ("lr", "momentum", "nesterov", "weight_decay")}
     save_loss(out_path, parse(best["expression"]), kind, opt["weights"], id=best["id"],
               generation=best["generation"], fitness=files.number(best["fitness"]), method=exp["method"],
-              **extra)
+              **extra, sgd=sgd, batch_size=training["batch_size"])
     record_seconds(out_path, "best", time.perf_counter() - t0)
     JobLog(log, echo=True)(f"best loss {best['id']} (fitness {best['fitness']}): {best['expression']}")

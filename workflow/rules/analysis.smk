@@ -2,7 +2,8 @@
 # learning-rate sensitivity, loss landscapes, primitive usage of the run's searches. Each analysis is
 # switched on per experiment (`analysis.<name>.enabled`); `analysis_targets` adds its files to the
 # experiment's targets (experiment_targets in common.smk).
-from evomal.pipeline.analysis import ANALYSIS_FILES, analysis_targets as _analysis_files, check_primitive_sources
+from evomal.pipeline.analysis import (ANALYSIS_FILES, analysis_targets as _analysis_files, check_primitive_sources,
+                                      counts_primitives)
 
 LR_SWEEP_FILES = {k: f"{EXP_DIR}/{v}" for k, v in ANALYSIS_FILES["lr_sweep"].items()}
 LANDSCAPE_FILES = {k: f"{EXP_DIR}/{v}" for k, v in ANALYSIS_FILES["landscape"].items()}
@@ -25,10 +26,10 @@ def analysis_targets(name):
 
 
 def primitive_sources(name):
-    """Every searching experiment of the run: its best loss and its generations' fitness tables."""
+    """Every GP search of the run: its best loss and its generations' fitness tables."""
     return {other: {"best": f"{RESULTS}/{other}/best/loss.json",
                     "tables": [gen_path(other, g, "fitness.tsv") for g in range(last_generation(other) + 1)]}
-            for other in CFG["run"] if searches(other)}
+            for other in CFG["run"] if counts_primitives(CFG["experiments"][other]["method"])}
 
 
 def primitive_inputs(wildcards):

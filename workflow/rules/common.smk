@@ -23,12 +23,33 @@ def exp_of(wildcards):
     return CFG["experiments"][wildcards.experiment]
 
 
+def generations(wildcards):
+    """Generations of the experiment's search (the progress line says `gen g/G`); not a param, so that
+    raising it extends a finished run without re-running its generations."""
+    return CFG["experiments"][wildcards.experiment]["search"]["generations"]
+
+
 def last_generation(name):
     return CFG["experiments"][name]["search"]["generations"] - 1
 
 
 def searches(name):
+    """Whether the experiment's method learns a loss (best/loss.json): evomal, gplfl, ml3, taylorglo."""
     return get_method(CFG["experiments"][name]["method"]).searches
+
+
+def has_generations(name):
+    """Whether the experiment's method writes generation folders gen_<g>/ (GP and CMA-ES searches)."""
+    return get_method(CFG["experiments"][name]["method"]).has_generations
+
+
+def experiments_running(group):
+    """Wildcard constraint: the experiments whose method runs the stage group ``group`` (registry
+    STAGE_GROUPS); a method's own rules match only these, whatever other rules make the same files."""
+    import re
+
+    names = [n for n, e in CFG["experiments"].items() if group in get_method(e["method"]).stages]
+    return "|".join(re.escape(n) for n in sorted(names)) or "(?!)"  # (?!) matches nothing
 
 
 def gen_path(experiment, gen, name):
@@ -98,8 +119,10 @@ def experiment_targets(name):
         targets.append(f"{d}/transfer.tsv")
     if searches(name):
         targets.append(f"{d}/best/loss.json")
+    if has_generations(name):
         targets += [gen_path(name, g, "tracked.json") for g in range(last_generation(name) + 1)]
     targets += analysis_targets(name)  # opt-in analyses (workflow/rules/analysis.smk)
+    targets += contract_targets(name)  # every file of the contract: a deleted one is made again (check.smk)
     return targets
 
 
@@ -125,10 +148,12 @@ def report_inputs(wildcards):
         "meta_test_summary": f"{d}/meta_test_summary.tsv",
         "meta_test_curves": f"{d}/report/{PLOT_FILES['meta_test_curves']}",
     }
+    if has_generations(name):  # (keys in their old order: a search's inputs are as they always were)
+        inputs["fitness_tables"] = generation_tables(wildcards)
     if searches(name):
-        inputs.update(fitness_tables=generation_tables(wildcards), best_loss=f"{d}/best/loss.json",
-                      loss_py=f"{d}/best/loss.py", fitness=f"{d}/report/{PLOT_FILES['fitness']}",
-                      decisions=f"{d}/report/{PLOT_FILES['decisions']}")
+        inputs.update(best_loss=f"{d}/best/loss.json", loss_py=f"{d}/best/loss.py")
+    if has_generations(name):
+        inputs.update(fitness=f"{d}/report/{PLOT_FILES['fitness']}", decisions=f"{d}/report/{PLOT_FILES['decisions']}")
     losses = learned_losses(wildcards)
     if losses:
         inputs["loss_shape"] = f"{d}/report/{PLOT_FILES['loss_shape']}"

@@ -47,14 +47,22 @@ rule optimize:
                        device=CFG["device"], recompute=CFG["recompute"], log=log[0], threads=threads)
 
 
+def early_stop_on(wildcards):
+    return exp_of(wildcards)["early_stop"]["enabled"]
+
+
 rule evaluate:
     input:
+        # early stopping compares candidates with the earlier generations' (none of this when it is off)
+        unpack(lambda w: previous_archive(w) if early_stop_on(w) else {}),
         filter=f"{GEN_DIR}/filter.json",
         optimized=f"{GEN_DIR}/shards/optimize_{{shard}}.json",
     output:
         f"{GEN_DIR}/shards/evaluate_{{shard}}.json",
     params:
-        training=lambda w: exp_of(w)["training"],
+        # off, the params are those of runs made before early stopping existed (no spurious rerun)
+        training=lambda w: {**exp_of(w)["training"], "early_stop": exp_of(w)["early_stop"]} if early_stop_on(w)
+        else exp_of(w)["training"],
         # only a non-reference measure is a param, so runs made before it existed are not rerun
         fitness=lambda w: {k: v for k, v in exp_of(w)["fitness"].items() if v not in (1, None)},
     threads: 1
@@ -66,7 +74,8 @@ rule evaluate:
         from evomal.pipeline.candidates import evaluate_shard
 
         evaluate_shard(input.filter, int(wildcards.shard), output[0], exp=exp_of(wildcards),
-                       device=CFG["device"], recompute=CFG["recompute"], log=log[0], threads=threads)
+                       device=CFG["device"], recompute=CFG["recompute"], log=log[0], threads=threads,
+                       archive=input.get("archive"))
 
 
 rule finalists:

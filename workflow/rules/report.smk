@@ -5,6 +5,8 @@
 
 report: "../report/workflow.rst"
 
+from evomal.pipeline.contract import vector_path  # each plot's SVG twin, written beside its PNG
+
 
 # all light (seconds, no training): never worth a cluster job
 localrules:
@@ -34,6 +36,9 @@ rule plot_search:
             subcategory="search",
             labels={"experiment": "{experiment}", "figure": "filter decisions per generation"},
         ),
+        # every plot has a vector twin for papers, written beside the PNG by the same call
+        fitness_svg=str(vector_path(f"{REPORT_DIR}/{PLOT_FILES['fitness']}")),
+        decisions_svg=str(vector_path(f"{REPORT_DIR}/{PLOT_FILES['decisions']}")),
     log:
         f"{LOGS}/report/plot_search.log",
     run:
@@ -53,6 +58,7 @@ rule plot_loss_shape:
             subcategory="learned loss",
             labels={"experiment": "{experiment}", "figure": "learned loss against the baseline"},
         ),
+        svg=str(vector_path(f"{REPORT_DIR}/{PLOT_FILES['loss_shape']}")),
     log:
         f"{LOGS}/report/plot_loss_shape.log",
     run:
@@ -73,6 +79,7 @@ rule plot_meta_test_curves:
             subcategory="meta-test",
             labels={"experiment": "{experiment}", "figure": "meta-test learning curves"},
         ),
+        svg=str(vector_path(f"{REPORT_DIR}/{PLOT_FILES['meta_test_curves']}")),
     log:
         f"{LOGS}/report/plot_meta_test_curves.log",
     run:
@@ -94,6 +101,7 @@ rule plot_transfer_curves:
             subcategory="transfer",
             labels={"experiment": "{experiment}", "figure": "transfer learning curves"},
         ),
+        svg=str(vector_path(f"{REPORT_DIR}/{PLOT_FILES['transfer_curves']}")),
     log:
         f"{LOGS}/report/plot_transfer_curves.log",
     run:

@@ -73,6 +73,5 @@ rule gather:
     run:
         from evomal.pipeline.gathering import gather_generation
 
-        gather_generation(input.filter, input.population, output.table, output.archive,
-                          generation=int(wildcards.gen), generations=exp_of(wildcards)["search"]["generations"],
-                          prev_archive=input.get("archive"), log=log[0])
+        gather_generation(input.filter, input.population, output.table, output.archive, generation=int(wildcards.gen),
+                          generations=generations(wildcards), prev_archive=input.get("archive"), log=log[0])

@@ -109,40 +109,45 @@ def draw_landscape_1d(doc: dict, title: str = ""):
     return fig
 
 
-def draw_landscape_2d(doc: dict, title: str = ""):
+def _levels(values: np.ndarray):
+    """(contour levels, norm) of one panel: log-spaced where the loss spans more than a decade."""
     from matplotlib.colors import LogNorm
 
+    lo, hi = float(values.min()), float(values.max())
+    if lo > 0 and hi / lo > 10:
+        return np.geomspace(lo, hi, 16), LogNorm(lo, hi)
+    return np.linspace(lo, hi, 16), None
+
+
+def draw_landscape_2d(doc: dict, title: str = ""):
     methods = list(doc["methods"])
-    fig = _new_figure(4.6 * max(1, len(methods)) + 1.0, 4.2)
+    fig = _new_figure(5.0 * max(1, len(methods)), 4.2)
     if not methods:
         _no_data(fig, "no landscape was recorded")
         return fig
     axes = fig.subplots(1, len(methods), squeeze=False)[0]
     c = np.asarray(doc["coords_2d"], float)
-    grids = {m: np.asarray(doc["methods"][m]["grid"], float) for m in methods}
-    finite = np.concatenate([_finite(g) for g in grids.values()])
-    # one set of levels for every panel, so equal colours mean equal loss
-    positive = finite.size and finite.min() > 0 and finite.max() > finite.min()
-    levels = np.geomspace(finite.min(), finite.max(), 16) if positive else 16
-    mappable = None
     for ax, method in zip(axes, methods):
-        grid = np.ma.masked_invalid(grids[method])
-        if grid.count() >= 4:
-            # grid[i][j] is at (a = c[i] along d1, b = c[j] along d2): rows are the first axis
-            mappable = ax.contourf(c, c, grid.T, levels=levels, norm=LogNorm() if positive else None,
-                                   cmap="viridis", extend="neither")
-            ax.contour(c, c, grid.T, levels=mappable.levels, colors="white", linewidths=0.4, alpha=0.6)
+        entry = doc["methods"][method]
+        grid = np.ma.masked_invalid(np.asarray(entry["grid"], float))
+        finite = grid.compressed()
+        if finite.size >= 4 and finite.max() > finite.min():
+            # each panel has its own levels: losses trained by different objectives sit at different
+            # heights, and a shared scale would flatten the one with the smaller range (the 1-D plot
+            # compares heights). grid[i][j] is at (c[i] along d1, c[j] along d2).
+            levels, norm = _levels(finite)
+            filled = ax.contourf(c, c, grid.T, levels=levels, norm=norm, cmap="viridis")
+            ax.contour(c, c, grid.T, levels=levels, colors="white", linewidths=0.4, alpha=0.6)
+            fig.colorbar(filled, ax=ax, format="%.3g", shrink=0.85,
+                         label=f"training {doc['objective']}" + (" (log colours)" if norm is not None else ""))
         else:
-            ax.text(0.5, 0.5, "non-finite loss everywhere\n(training diverged)", ha="center", va="center",
+            ax.text(0.5, 0.5, "no finite variation of the loss\n(diverged or flat)", ha="center", va="center",
                     transform=ax.transAxes)
         ax.plot([0], [0], marker="*", color="red", markersize=10)
         ax.set_xlabel("d1")
         ax.set_ylabel("d2")
-        ax.set_title(f"{method}: {doc['objective']} at centre {doc['methods'][method]['center']:.3g}")
+        ax.set_title(f"{method}: {doc['objective']} {entry['center']:.3g} at the centre", fontsize="medium")
         ax.set_aspect("equal")
-    if mappable is not None:
-        fig.colorbar(mappable, ax=list(axes), format="%.3g", label=f"training {doc['objective']} (log colour scale)"
-                     if positive else f"training {doc['objective']}")
     fig.suptitle(title or "Loss landscape (2-D), same directions for every network (red star: trained network)")
     return fig
 

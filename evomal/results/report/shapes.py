@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from evomal.core.joblog import JobLog
-from evomal.results.report.plots import _new_figure, _record, _render
+from evomal.results.report.plots import OKABE_ITO, _new_figure, _record, _render, _style
 
 
 @dataclass(frozen=True)
@@ -106,22 +106,22 @@ def _robust_limits(values: list[np.ndarray]) -> tuple[float, float] | None:
 
 def draw_loss_shapes(shapes: ShapeData, title: str = ""):
     panels = list(shapes.curves.items())
-    fig = _new_figure(4.4 * len(panels), 3.8)
+    fig = _new_figure(max(6.4, 4.4 * len(panels)), 3.8)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     xlabel = "predicted probability f of the class" if shapes.kind == "classification" else "residual f - y"
     for ax, (panel, curves) in zip(axes, panels):
         for i, (name, values) in enumerate(curves.items()):
             baseline = i == len(curves) - 1  # loss_shapes puts the baseline last
             ax.plot(shapes.x, np.where(np.isfinite(values), values, np.nan), label=name,
-                    color="black" if baseline else f"C{i}", linestyle="--" if baseline else "-")
+                    color="black" if baseline else OKABE_ITO[i % (len(OKABE_ITO) - 1)],
+                    linestyle="--" if baseline else "-", linewidth=1.6)
         limits = _robust_limits(list(curves.values()))
         if limits:
             ax.set_ylim(*limits)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("loss term")
         ax.set_title(panel)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
+    axes[0].legend()
     fig.suptitle(title or ("Learned loss against cross-entropy (element-wise term per class)"
                            if shapes.kind == "classification" else "Learned loss against MSE"))
     return fig
@@ -134,3 +134,34 @@ def plot_loss_shape(loss_paths: dict, out_png, *, log: str | None = None) -> Non
     _render(lambda: draw_loss_shapes(shapes), out_png)
     JobLog(log)(f"plotted {', '.join(loss_paths)}: {out_png}")
     _record(out_png, "plot_loss_shape", t0)
+
+
+def expression_shapes(expression: str, kind: str, weights, *, points: int = 160) -> ShapeData:
+    """Shapes of one loss written as an expression with its edge weights, and of the baseline
+    (one panel per class role for classification; the residual at target 0 for regression)."""
+    from evomal.losses.codegen import compile_frozen
+
+    return function_shapes(compile_frozen(expression, [float(w) for w in weights]), kind, points=points)
+
+
+def function_shapes(fn: Callable, kind: str, *, points: int = 160) -> ShapeData:
+    """As expression_shapes, for any element-wise ``fn(y, f)`` (a loss of another family: ML3, TaylorGLO)."""
+    fns = {"this loss": fn, ("cross-entropy" if kind == "classification" else "MSE"): baseline_elementwise(kind)}
+    if kind == "classification":
+        return classification_shapes(fns, np.linspace(0.005, 1.0, points))
+    return regression_shapes(fns, np.linspace(-2.0, 2.0, points), targets=(0.0,))
+
+
+def shape_png(shapes: ShapeData, title: str = "", *, dpi: int = 100) -> bytes:
+    """A loss-shape figure as PNG bytes (for the tracking's artifacts), in the report's style."""
+    import io
+
+    import matplotlib
+
+    from evomal.results.report.plots import _DRAW_LOCK
+
+    with _DRAW_LOCK, matplotlib.rc_context(_style()):
+        fig = draw_loss_shapes(shapes, title=title)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()

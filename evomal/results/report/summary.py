@@ -3,7 +3,6 @@ without Snakemake, and the check of a report folder.
 """
 from __future__ import annotations
 
-import html
 import os
 import re
 import time
@@ -18,10 +17,12 @@ from evomal.core.joblog import JobLog
 from evomal.methods.registry import method_searches
 # the report's file names live with the file contract: the Snakefile reads them at parse time
 from evomal.pipeline.contract import PLOT_FILES, SUMMARY_HTML, SUMMARY_MD  # noqa: F401  (re-exported)
-from evomal.results.report.plots import CURVE_TITLES, _record, check_png, plot_learning_curves, plot_search
+from evomal.results.report.plots import (CURVE_TITLES, VECTOR_SUFFIX, _record, check_png, check_svg, metric_label,
+                                         plot_learning_curves, plot_search)
 from evomal.results.report.shapes import plot_loss_shape
 from evomal.results.report.tables import (_fmt, _share, filter_savings, generation_tables, method_table,
                                           read_generations, savings_table, search_table, to_markdown)
+from evomal.results.report.verdict import verdicts
 
 
 # =========================================================================== summary
@@ -72,13 +73,20 @@ def summary_blocks(*, experiment: str, out_dir, config: dict | None = None, gene
             done = generations["generation"].nunique() if len(generations) else 0
             facts.append(f"generations {done} of {s.get('generations', '?')} (population {s.get('population', '?')})")
         blocks.append(Block("p", ", ".join(facts) + "."))
+    sentences = _verdict_sentences(config, meta_test, meta_test_summary, transfer, transfer_summary)
+    if sentences:
+        blocks.append(Block("h2", "Verdict"))
+        blocks.append(Block("list", [(text, None) for text in sentences]))
 
     if best_loss is not None:
         blocks.append(Block("h2", "Best loss"))
-        blocks.append(Block("p", "Expression (prefix form, edge weights not shown):"))
+        family = best_loss.get("family")  # ML3, TaylorGLO (docs/methods.md); None: a GP expression
+        blocks.append(Block("p", f"Loss of the {family} family:" if family else
+                            "Expression (prefix form, edge weights not shown):"))
         blocks.append(Block("code", best_loss.get("expression", "")))
-        blocks.append(Block("p", "Readable formula with the meta-learned weights folded in (f: prediction, "
-                                 "y: target; log and sqrt are protected by a 1e-7 clamp that is not shown):"))
+        blocks.append(Block("p", "Readable form with the learned parameters (f: prediction, y: target):" if family else
+                            "Readable formula with the meta-learned weights folded in (f: prediction, "
+                            "y: target; log and sqrt are protected by a 1e-7 clamp that is not shown):"))
         blocks.append(Block("code", best_loss.get("formula", "")))
         if best_loss.get("latex"):
             blocks.append(Block("math", best_loss["latex"]))
@@ -87,8 +95,14 @@ def summary_blocks(*, experiment: str, out_dir, config: dict | None = None, gene
             facts.append(f"Search fitness {_fmt(files.number(best_loss['fitness']))} (validation, lower is better)")
         if best_loss.get("id") is not None:
             facts.append(f"candidate {best_loss['id']} of generation {best_loss.get('generation', '?')}")
-        facts.append(f"{best_loss.get('kind', '?')} loss with {len(best_loss.get('weights', []))} edge weights")
+        facts.append(f"{best_loss.get('kind', '?')} loss with {len(best_loss.get('weights', []))} "
+                     f"{'learned parameters' if family else 'edge weights'}")
         blocks.append(Block("p", "; ".join(facts) + "."))
+        if best_loss.get("sgd"):
+            args = ", ".join(f"{k}={v!r}" for k, v in best_loss["sgd"].items())
+            blocks.append(Block("p", f"Learned for torch.optim.SGD({args}), batch size {best_loss.get('batch_size', '?')}: "
+                                     "the edge weights were tuned through this optimiser's steps (they also scale the "
+                                     "effective step size), so train with the same settings."))
         if loss_py is not None:
             blocks.append(Block("list", [("Standalone PyTorch source (needs only torch): ", _rel(loss_py, out_dir))]))
 
@@ -110,7 +124,7 @@ def summary_blocks(*, experiment: str, out_dir, config: dict | None = None, gene
         if summary.empty:
             blocks.append(Block("p", "No runs were recorded."))
             continue
-        metric = ", ".join(sorted(set(per_seed["metric"].dropna()))) if per_seed is not None else "test metric"
+        metric = metric_label(per_seed["metric"].dropna()) if per_seed is not None else "test metric"
         blocks.append(Block("p", f"Test {metric} per method over the seeds (mean ± sample std; lower is better). "
                                  "The learned losses and the baseline trained with the same seeds, batches and "
                                  "settings; p is a two-sided paired t-test against the baseline over seeds; "
@@ -143,6 +157,20 @@ def summary_blocks(*, experiment: str, out_dir, config: dict | None = None, gene
     return blocks
 
 
+def _verdict_sentences(config: dict, meta_test, meta_test_summary, transfer, transfer_summary) -> list[str]:
+    exclude = (config.get("meta_test") or {}).get("references") or ()
+    out = []
+    for per_seed_path, summary_path, where in ((meta_test, meta_test_summary, None),
+                                               (transfer, transfer_summary, "transfer")):
+        if summary_path is None:
+            continue
+        per_seed = files.read_tsv(per_seed_path) if per_seed_path is not None else None
+        for v in verdicts(files.read_tsv(summary_path), per_seed, exclude=exclude):
+            text = v.sentence(where="test" if where is None else f"{v.target} (transfer, test split)")
+            out.append(text[:1].upper() + text[1:] + ".")
+    return out
+
+
 def render_markdown(blocks: Sequence[Block]) -> str:
     out = []
     for b in blocks:
@@ -159,43 +187,43 @@ def render_markdown(blocks: Sequence[Block]) -> str:
         elif b.kind == "table":
             out.append(to_markdown(b.content))
         elif b.kind == "image":
-            out.append(f"### {b.extra}\n\n![{b.extra}]({b.content})")
+            svg = Path(str(b.content)).with_suffix(VECTOR_SUFFIX).as_posix()
+            out.append(f"### {b.extra}\n\n![{b.extra}]({b.content})\n\nVector version: [{svg}]({svg})")
         elif b.kind == "list":
-            out.append("\n".join(f"- {text}[{target}]({target})" for text, target in b.content))
+            out.append("\n".join(f"- {text}" + (f"[{target}]({target})" if target else "")
+                                  for text, target in b.content))
     return "\n\n".join(out) + "\n"
 
 
+_HTML = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{{ title }}</title>
+<style>body{font-family:sans-serif;max-width:70em;margin:1em auto;padding:0 1em}
+table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:0.2em 0.6em;text-align:left}
+pre{background:#f5f5f5;padding:0.5em;white-space:pre-wrap}</style></head><body>
+{% for b in blocks %}
+{%- if b.kind in ("h1", "h2", "p") %}<{{ b.kind }}>{{ b.content }}</{{ b.kind }}>
+{%- elif b.kind == "code" %}<pre><code>{{ b.content }}</code></pre>
+{%- elif b.kind == "math" %}<p>LaTeX:</p><pre><code>{{ b.content }}</code></pre>
+{%- elif b.kind == "table" %}<table><thead><tr>{% for c in b.content.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>
+<tbody>{% for row in b.content.itertuples(index=False) %}<tr>{% for v in row %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</tbody></table>
+{%- elif b.kind == "image" %}<h3>{{ b.extra }}</h3><img alt="{{ b.extra }}" style="max-width:100%" src="data:image/png;base64,{{ images[loop.index0] }}">
+{%- elif b.kind == "list" %}<ul>{% for text, target in b.content %}<li>{{ text }}{{ target or "" }}</li>{% endfor %}</ul>
+{%- endif %}
+{% endfor %}</body></html>
+"""
+
+
 def render_html(blocks: Sequence[Block], title: str, base_dir=".") -> str:
-    """Self-contained HTML: the plots (linked relative to ``base_dir``) are embedded as data URIs."""
+    """Self-contained HTML (a Jinja2 template, every value escaped): the plots (linked relative to
+    ``base_dir``) are embedded as data URIs."""
     import base64
 
-    esc = html.escape
-    out = []
-    for b in blocks:
-        if b.kind in ("h1", "h2", "p"):
-            out.append(f"<{b.kind}>{esc(str(b.content))}</{b.kind}>")
-        elif b.kind == "code":
-            out.append(f"<pre><code>{esc(str(b.content))}</code></pre>")
-        elif b.kind == "math":
-            out.append(f"<p>LaTeX:</p><pre><code>{esc(str(b.content))}</code></pre>")
-        elif b.kind == "table":
-            frame = b.content
-            head = "".join(f"<th>{esc(str(c))}</th>" for c in frame.columns)
-            rows = "".join("<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in row) + "</tr>"
-                           for row in frame.itertuples(index=False))
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif b.kind == "image":
-            data = base64.b64encode((Path(base_dir) / str(b.content)).read_bytes()).decode()
-            out.append(f"<h3>{esc(b.extra)}</h3><img alt=\"{esc(b.extra)}\" style=\"max-width:100%\" "
-                       f"src=\"data:image/png;base64,{data}\">")
-        elif b.kind == "list":
-            out.append("<ul>" + "".join(f"<li>{esc(text)}{esc(target)}</li>" for text, target in b.content)
-                       + "</ul>")
-    style = ("body{font-family:sans-serif;max-width:70em;margin:1em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:0.2em 0.6em;"
-             "text-align:left}pre{background:#f5f5f5;padding:0.5em;white-space:pre-wrap}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+    import jinja2
+
+    images = {i: base64.b64encode((Path(base_dir) / str(b.content)).read_bytes()).decode()
+              for i, b in enumerate(blocks) if b.kind == "image"}
+    template = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(_HTML)
+    return template.render(blocks=blocks, title=title, images=images)
 
 
 def write_summary(md_path, html_path=None, *, experiment: str, config=None, fitness_tables: Sequence = (),
@@ -304,4 +332,5 @@ def check_report_dir(report_dir: str | os.PathLike, *, expected: Iterable[str] =
     assert linked, f"{md}: links no plot"
     for path in linked:
         check_png(path)
+        check_svg(path.with_suffix(VECTOR_SUFFIX))  # every plot has its vector twin
     return linked

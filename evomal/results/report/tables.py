@@ -188,22 +188,24 @@ def search_table(table: pd.DataFrame) -> pd.DataFrame:
                                                                                stats["candidates"])]})
 
 
-def to_markdown(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (no extra dependency such as tabulate)."""
-    def cell(v) -> str:  # formulas hold * and names _, which Markdown would read as emphasis
-        text = str(v).replace("\n", " ")
-        return re.sub(r"([|*_\\`])", r"\\\1", text)
+def _cells(frame: pd.DataFrame, cell=str) -> tuple[list[str], list[list[str]]]:
+    return [cell(c) for c in frame.columns], [[cell(v) for v in row] for row in frame.itertuples(index=False)]
 
-    head = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([head, rule, *body])
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (tabulate), cells taken as text."""
+    from tabulate import tabulate
+
+    def cell(v) -> str:  # formulas hold * and names _, which Markdown would read as emphasis
+        return re.sub(r"([|*_\\`])", r"\\\1", str(v).replace("\n", " "))
+
+    headers, rows = _cells(frame, cell)
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
 def to_text(frame: pd.DataFrame) -> str:
-    """A fixed-width plain-text table for the terminal."""
-    cols = [str(c) for c in frame.columns]
-    cells = [[str(v) for v in row] for row in frame.itertuples(index=False)]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+    """A fixed-width plain-text table for the terminal (tabulate's ``simple`` format)."""
+    from tabulate import tabulate
+
+    headers, rows = _cells(frame)
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)

@@ -66,6 +66,8 @@ def _num(x: float) -> str:
 def _p(p: float) -> str:
     if math.isnan(p):
         return "undefined"
+    if p == 0.0:  # the same difference on every seed (statistics.paired_test)
+        return "0"
     return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
 
 
@@ -110,11 +112,29 @@ def _capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def _program(name: str) -> str:
+    """A command of this environment as a person types it: bare when it is the one on PATH."""
+    here = Path(sys.executable).parent / name
+    return name if shutil.which(name) == str(here) or not here.exists() else _relative(here)
+
+
 def show_command(exp_dir: str | Path) -> str:
     """How to look at an experiment: ``evomal show <folder>`` with the evomal that runs this code."""
-    here = Path(sys.executable).parent / "evomal"
-    program = "evomal" if shutil.which("evomal") == str(here) or not here.exists() else _relative(here)
-    return f"{program} show {_relative(Path(exp_dir))}"
+    return f"{_program('evomal')} show {_relative(Path(exp_dir))}"
+
+
+def mlflow_hint(exp_dir: str | Path) -> str | None:
+    """How to open the experiment's candidates table in the MLflow UI (from its tracking/run.json)."""
+    path = Path(exp_dir) / "tracking" / "run.json"
+    if not path.exists():
+        return None
+    doc = files.read_json(path)
+    uri, view = doc.get("configured_uri") or doc.get("tracking_uri"), doc.get("candidates_view")
+    if not uri or not view:
+        return None
+    if uri.startswith(("http://", "https://")):
+        return view.replace("http://127.0.0.1:5000", uri.rstrip("/"), 1)
+    return f"{_program('mlflow')} ui --backend-store-uri {uri}, then open {view}"
 
 
 def _relative(path: Path) -> str:
@@ -131,7 +151,11 @@ def run_summary(config: dict) -> str:
         exp_dir = Path(config["results_dir"]) / name
         exp = config["experiments"][name]
         lines = experiment_verdicts(exp_dir, exp) or ["no meta-test results yet"]
-        blocks.append(f"{name}: " + "\n  ".join(lines) + f"\n  Details: {show_command(exp_dir)}")
+        lines.append(f"Details: {show_command(exp_dir)}")
+        hint = mlflow_hint(exp_dir)
+        if hint:
+            lines.append(f"Candidates in MLflow: {hint}")
+        blocks.append(f"{name}: " + "\n  ".join(lines))
     return "\n".join(blocks)
 
 

@@ -2,7 +2,7 @@
 
 Infinite fitness: MLflow's SQL store silently turns +inf into the largest float (1.8e308), which
 ruins charts and sorting. A candidate with infinite fitness therefore has no ``fitness`` metric; its
-tag ``fitness`` says ``inf`` (every candidate has that tag, with the exact value as text). Other
+tag ``fitness`` says ``inf`` (every candidate has that tag: the value to 4 significant digits). Other
 non-finite points (a diverged curve, a NaN statistic) are left out of the metrics too; the result
 files keep them.
 """
@@ -22,7 +22,7 @@ from evomal.pipeline.contract import DECISIONS, candidate_dir
 
 
 #: Bump when what is logged changes: every run's digest then differs and is logged again.
-TRACKING_VERSION = 1
+TRACKING_VERSION = 2
 
 KEY_TAG = "evomal.key"
 DIGEST_TAG = "evomal.digest"
@@ -35,6 +35,7 @@ RESULTS_DIGEST_TAG = "evomal.results_digest"
 CONFIG_CONFLICT_TAG = "evomal.config_changed"
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
+NOTE_TAG = "mlflow.note.content"  # a run's description in the UI
 
 # MLflow's limits (mlflow.utils.validation); longer values are clipped here so that a rerun logs the
 # same (clipped) param value instead of failing on the immutable param.
@@ -120,49 +121,18 @@ def _candidate_metrics(row: dict, frec: dict, optimized: dict | None, fit_doc: d
     return out
 
 
-def loss_shape_png(expression: str, kind: str, weights, *, title: str = "") -> bytes:
-    """A small PNG of the element-wise loss: vs the predicted probability f of a class (classification,
-    y=1 for the true class, y=0 for another), or vs the prediction f at target y=0, i.e. the residual
-    (regression). Matplotlib's object API with the Agg canvas: no pyplot global state."""
-    import numpy as np
-    import torch
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+def loss_shape_png(expression: str, kind: str, weights, *, title: str = "", doc: dict | None = None) -> bytes:
+    """The loss's element-wise shape with the baseline drawn in (dashed black), as in the report:
+    against the predicted probability f of a class that is the true one (y = 1) and of another class
+    (y = 0) for classification, against the residual at target 0 for regression. About 880 x 380 px.
+    ``doc``: the loss file, for a loss of another family than the symbolic one (ML3, TaylorGLO)."""
+    from evomal.results.report.shapes import expression_shapes, function_shapes, shape_png
 
-    from evomal.losses.codegen import compile_frozen
+    if doc is not None and "family" in doc:
+        from evomal.losses.families import elementwise
 
-    fn = compile_frozen(expression, [float(w) for w in weights])
-
-    def curve(y_value: float, f: torch.Tensor) -> np.ndarray:
-        with torch.no_grad():
-            values = fn(torch.full_like(f, y_value), f).expand(f.shape).double().numpy().copy()
-        values[~np.isfinite(values)] = np.nan  # a gap in the line instead of an error
-        return values
-
-    fig = Figure(figsize=(4.0, 3.0), dpi=72)
-    FigureCanvasAgg(fig)
-    # fixed margins: tight_layout costs more than the rest of the plot
-    ax = fig.add_axes((0.16, 0.15, 0.8, 0.75))
-    # the key goes into the axis label: a legend box costs half as much again as the whole plot
-    if kind == "classification":
-        f = torch.linspace(0.001, 0.999, 120, dtype=torch.float64)
-        ax.plot(f.numpy(), curve(1.0, f))
-        ax.plot(f.numpy(), curve(0.0, f), "--")
-        ax.set_xlabel("predicted probability f of a class", fontsize=8)
-        ax.set_ylabel("loss (solid: true class y=1, dashed: y=0)", fontsize=7)
-    else:
-        f = torch.linspace(-3.0, 3.0, 120, dtype=torch.float64)
-        ax.plot(f.numpy(), curve(0.0, f))
-        ax.set_xlabel("residual f - y (at y = 0)", fontsize=8)
-        ax.set_ylabel("loss", fontsize=8)
-    ax.set_title(_clip(title, 60), fontsize=7)
-    ax.tick_params(labelsize=7)
-    for axis in (ax.xaxis, ax.yaxis):  # text is most of the drawing time: few tick labels
-        axis.set_major_locator(MaxNLocator(4))
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+        return shape_png(function_shapes(elementwise(doc, weights), kind), title=_clip(title, 90))
+    return shape_png(expression_shapes(expression, kind, weights), title=_clip(title, 90))
 
 
 # infix templates; each slot says the precedence its operand needs to go without parentheses
@@ -201,6 +171,11 @@ def weighted_infix(expression: str, weights) -> str:
 
 def _formula_text(loss_doc: dict, weights, which: str) -> str:
     """Readable text of a loss file: the loss with ``weights`` (``which``: learned / initial)."""
+    if "family" in loss_doc:  # ML3, TaylorGLO: not an expression with edge weights
+        from evomal.losses.families import formula_text
+
+        return (f"family: {loss_doc['family']}\nexpression: {loss_doc['expression']}\nkind: {loss_doc['kind']}\n"
+                f"loss ({which} weights): {formula_text(loss_doc, weights)}\n")
     lines = [f"expression: {loss_doc['expression']}", f"kind: {loss_doc['kind']}",
              f"loss ({which} weights): {weighted_infix(loss_doc['expression'], weights)}",
              f"{which} weights: {[float(w) for w in weights]}",
@@ -211,6 +186,22 @@ def _formula_text(loss_doc: dict, weights, which: str) -> str:
 
 def _metric_name(kind: str | None) -> str:
     return "mse" if kind == "regression" else "error_rate"
+
+
+def fitness_text(fitness: float) -> str:
+    """The fitness as a column shows it: 4 significant digits (the metric ``fitness`` is exact), ``inf``."""
+    return f"{fitness:.4g}" if math.isfinite(fitness) else "inf"
+
+
+def candidate_run_name(cand_id: str, fitness: float, decision: str) -> str:
+    """``g3-012 0.0417`` for a loss with a fitness, ``g3-013 rejected`` otherwise: the runs table
+    shows run names without any column picked, so the name says how the candidate did."""
+    return f"{cand_id} {fitness_text(fitness) if math.isfinite(fitness) else decision or 'inf'}"
+
+
+def candidate_description(fitness: float, decision: str, expression: str) -> str:
+    """The run's description, a wide column of the candidates view: ``0.4306 evaluate: max(f, y)``."""
+    return _clip(f"{fitness_text(fitness)} {decision}: {expression}", 1000)
 
 
 def _candidate_paths(gen_dir: Path, cand_id: str) -> tuple[Path, Path, Path]:
@@ -243,9 +234,11 @@ def candidate_payload(row: dict, frec: dict, individual: dict, gen_dir: Path, *,
         "origin": _text(individual.get("origin") or row.get("origin")),
     }
     p.tags = {
-        RUN_NAME_TAG: row["id"], KEY_TAG: f"{experiment}/gen_{generation}/{row['id']}", LEVEL_TAG: "candidate",
+        RUN_NAME_TAG: candidate_run_name(row["id"], fitness, _text(row["decision"])),
+        KEY_TAG: f"{experiment}/gen_{generation}/{row['id']}", LEVEL_TAG: "candidate",
         GENERATION_TAG: str(generation), "decision": _text(row["decision"]), "reason": _text(row.get("reason")),
-        "reuse_of": _text(row.get("reuse_of")), "fitness": repr(fitness) if math.isfinite(fitness) else "inf",
+        "reuse_of": _text(row.get("reuse_of")), "fitness": fitness_text(fitness),
+        NOTE_TAG: candidate_description(fitness, _text(row["decision"]), row["expression"]),
     }
     if frec.get("shard") is not None:
         p.tags["shard"] = str(frec["shard"])
@@ -262,7 +255,8 @@ def candidate_payload(row: dict, frec: dict, individual: dict, gen_dir: Path, *,
         p.artifacts = {
             "loss.json": loss_path,
             "formula.txt": _formula_text(loss_doc, weights, "initial" if learned is None else "learned").encode(),
-            "loss_shape.png": loss_shape_png(loss_doc["expression"], kind, weights, title=row["expression"]),
+            "loss_shape.png": loss_shape_png(loss_doc["expression"], kind, weights, title=row["expression"],
+                                             doc=loss_doc),
         }
         if fit_doc is not None:
             p.artifacts["fitness.json"] = fit_path
@@ -357,7 +351,7 @@ def _best_loss_artifacts(best_path: Path) -> dict[str, Path | bytes]:
     return {"best/loss.json": best_path,
             "best/formula.txt": _formula_text(best, best["weights"], "learned").encode(),
             "best/loss_shape.png": loss_shape_png(best["expression"], best["kind"], best["weights"],
-                                                  title=best["expression"])}
+                                                  title=best["expression"], doc=best)}
 
 
 def _best_loss_tags(best_path: Path) -> dict[str, str]:

@@ -12,7 +12,6 @@ import contextlib
 import random
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -103,21 +102,21 @@ def _is_locked(exc: BaseException) -> bool:
 
 
 def with_lock_retry(fn: Callable, *args, deadline: float = LOCK_RETRY_SECONDS, **kwargs):
-    """Call ``fn``; on sqlite "database is locked", wait (exponential backoff with jitter) and retry.
+    """Call ``fn``; on sqlite "database is locked", wait (exponential backoff with jitter) and retry
+    for up to ``deadline`` seconds, then raise the last error (tenacity).
 
     Every call made here is safe to repeat: params are equal, metrics carry the same step and
     timestamp, tags and artifacts are overwritten.
     """
-    delay, start = 0.05, time.monotonic()
-    rng = random.Random()  # jitter only; never the global RNG, which other jobs' threads use
-    while True:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            if not _is_locked(exc) or time.monotonic() - start > deadline:
-                raise
-        time.sleep(delay * (0.5 + rng.random()))
-        delay = min(delay * 2, 5.0)
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
+    # the jitter has its own RNG: tenacity's random waits draw from the global one, which population
+    # jobs in other threads seed for DEAP (evomal.gp.operators), and a draw here would change a breed
+    rng = random.Random()
+    backoff = wait_exponential(multiplier=0.05, max=5.0)
+    retrying = Retrying(retry=retry_if_exception(_is_locked), stop=stop_after_delay(deadline), reraise=True,
+                        wait=lambda state: backoff(state) * (0.5 + rng.random()))
+    return retrying(fn, *args, **kwargs)
 
 
 class _RetryingClient:
@@ -187,7 +186,10 @@ def _create_sqlite_store(uri: str, path: Path) -> None:
     """
     import os
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    from evomal.core.files import make_temp
+
+    # named after this process (a later run removes it if a kill leaves it), mode as for any file (not 0600)
+    fd, tmp = make_temp(path)
     os.close(fd)  # an empty file is an empty sqlite database
     try:
         tmp_uri = f"sqlite:///{tmp}" + (f"?{uri.split('?', 1)[1]}" if "?" in uri else "")
@@ -288,9 +290,11 @@ def _log(client, run_id: str, payload: Payload, *, timestamp: int, params: dict[
 
 
 def _metrics(points: list[tuple[str, float, int]], timestamp: int) -> list:
+    """Metric entities; step ``s`` is stamped ``timestamp + s`` ms, so each step of a curve has its own
+    time (the UI's time axes spread the curve) and a relogged point still carries the same stamp."""
     from mlflow.entities import Metric
 
-    return [Metric(k, float(v), timestamp, int(step)) for k, v, step in points]
+    return [Metric(k, float(v), timestamp + int(step), int(step)) for k, v, step in points]
 
 
 def _new_points(client, run, points: list[tuple[str, float, int]]) -> list[tuple[str, float, int]]:

@@ -34,6 +34,7 @@ from evomal.results.tracking.payloads import (
     RESULTS_DIGEST_TAG, RESULTS_DIR_TAG, RUN_NAME_TAG, SEARCH_ID_TAG, Payload, _best_loss_artifacts,
     _best_loss_tags, _clip, _digest, _file_digest, _finite, _generation_payload, _read_optional_tsv,
     _results_metrics, _text, candidate_digest, candidate_payload, flatten, read_generation, stage_seconds)
+from evomal.results.tracking.views import apply_views, runs_page
 from evomal.results.tracking.store import (
     _changed, _complete, _keep_one, _log, _metrics, _new_params, _new_points, _RetryingClient, _sqlite_path,
     _tag_filter, _write_artifacts, backend_errors, check_reachable, ensure_store, experiment_id, find_runs,
@@ -214,9 +215,10 @@ def init_tracking(tracking_uri: str, experiment_name: str, exp_dir: str | Path, 
         run = client.get_run(pipeline_run(client, experiment_name, exp_dir))
         if config is not None:
             _log_config(client, run, config, say)
+        apply_views(client, run, experiment_name, config, exp_dir)
     result = {"tracking_uri": uri, "configured_uri": tracking_uri, "experiment": experiment_name,
               "experiment_id": run.info.experiment_id, "run_id": run.info.run_id,
-              "results_dir": str(exp_dir.resolve())}
+              "results_dir": str(exp_dir.resolve()), "candidates_view": runs_page(run.info.experiment_id)}
     say(f"pipeline run {run.info.run_id} in experiment {experiment_name} ({uri})")
     if out is not None:
         files.write_json(out, result)

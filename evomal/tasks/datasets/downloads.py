@@ -1,28 +1,21 @@
-"""Fetching dataset files over HTTP(S) with checksum verification.
+"""Fetching dataset files over HTTP(S) with checksum verification (pooch), and where they are kept.
 
-Only the standard library is used (``urllib``). Nothing here runs at import time and nothing is
-downloaded unless a caller asks for it explicitly (``load_task(..., download=True)``).
-
-A download is written to a temporary file next to its destination, verified against the expected
-digest, and only then renamed into place, so an interrupted or corrupted transfer never leaves a
-file that looks complete.
+Nothing here runs at import time and nothing is downloaded unless a caller asks for it explicitly
+(``load_task(..., download=True)``). ``pooch.retrieve`` streams a download into a temporary file
+beside its destination, checks its digest and only then moves it into place, so an interrupted or
+corrupted transfer never leaves a file that looks complete; this module adds the mirrors (tried in
+order) and messages that name the file.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import os
-import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["RemoteFile", "file_digest", "verify_file", "download_file", "ensure_files", "default_data_root"]
 
-_CHUNK = 1 << 20
 _USER_AGENT = "evomal-dataset-fetcher/0.1 (+https://pypi.org/project/evomal)"
 
 
@@ -35,26 +28,31 @@ class RemoteFile:
     algorithm: str  # "md5" or "sha256"
     digest: str
 
+    @property
+    def known_hash(self) -> str:
+        """The digest in pooch's ``algorithm:hex`` form."""
+        return f"{self.algorithm}:{self.digest}"
+
 
 def default_data_root() -> Path:
     """Folder under which download-backed datasets live when no ``data_dir`` is given.
 
-    ``$EVOMAL_DATA_DIR`` if set, else ``$XDG_CACHE_HOME/evomal/datasets`` (``~/.cache/...``).
+    ``$EVOMAL_DATA_DIR`` if set, else the user cache folder of this platform (platformdirs):
+    ``$XDG_CACHE_HOME/evomal/datasets`` (``~/.cache/...``) on Linux, ``~/Library/Caches/...`` on macOS.
     """
     env = os.environ.get("EVOMAL_DATA_DIR")
     if env:
         return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "evomal" / "datasets"
+    from platformdirs import user_cache_path
+
+    return user_cache_path("evomal", appauthor=False) / "datasets"
 
 
 def file_digest(path: str | os.PathLike, algorithm: str) -> str:
     """Hex digest of a file, read in chunks."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    import pooch
+
+    return pooch.file_hash(os.fspath(path), alg=algorithm)
 
 
 def verify_file(path: str | os.PathLike, algorithm: str, expected: str) -> None:
@@ -73,35 +71,25 @@ def download_file(remote: RemoteFile, folder: str | os.PathLike, *, timeout: flo
     Returns the final path. A checksum mismatch raises ``ValueError`` naming the file (and the file is
     not kept); when no mirror can be reached an ``OSError`` lists every attempt.
     """
+    import pooch
+    import requests
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / remote.filename
+    downloader = pooch.HTTPDownloader(timeout=timeout, headers={"User-Agent": _USER_AGENT})
     errors: list[str] = []
     mismatch: ValueError | None = None
     for url in remote.urls:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{remote.filename}.", suffix=".part", dir=folder)
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out:
-                request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-                with urllib.request.urlopen(request, timeout=timeout) as response:
-                    for chunk in iter(lambda: response.read(_CHUNK), b""):
-                        out.write(chunk)
-            actual = file_digest(tmp, remote.algorithm)
-            if actual.lower() != remote.digest.lower():
-                mismatch = ValueError(
-                    f"checksum mismatch for {dest} downloaded from {url}: {remote.algorithm} is {actual}, "
-                    f"expected {remote.digest}; the download was discarded"
-                )
-                errors.append(f"{url}: checksum mismatch")
-                continue
-            os.replace(tmp, dest)
-            return dest
-        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as exc:
+            return Path(pooch.retrieve(url, known_hash=remote.known_hash, fname=remote.filename, path=folder,
+                                       downloader=downloader))
+        except ValueError as exc:  # pooch's hash check; the download was deleted
+            mismatch = ValueError(f"checksum mismatch for {dest} downloaded from {url}: {exc}; "
+                                  "the download was discarded")
+            errors.append(f"{url}: checksum mismatch")
+        except (requests.exceptions.RequestException, OSError) as exc:
             errors.append(f"{url}: {exc}")
-        finally:
-            if tmp.exists():
-                tmp.unlink()
     if mismatch is not None:
         raise mismatch
     raise OSError(f"could not download {remote.filename} into {folder}; tried: " + "; ".join(errors))

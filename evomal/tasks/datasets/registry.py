@@ -33,7 +33,7 @@ TEST_FRACTION = 0.2  # classification sets without an official test split
 REGRESSION_FRACTIONS = (0.6, 0.2, 0.2)  # train / validation / test
 
 # Options every dataset accepts (handled by load_task itself).
-COMMON_OPTIONS = ("split_seed",)
+COMMON_OPTIONS = ("split_seed", "validation_fraction")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,6 +192,11 @@ def load_task(
             )
     split_seed = options.pop("split_seed", None)
     split_seed = seed if split_seed is None else split_seed
+    validation_fraction = options.pop("validation_fraction", VALIDATION_FRACTION)
+    if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float)) \
+            or not 0 < validation_fraction < 1:
+        raise ValueError(f"option 'validation_fraction' of dataset {name!r} must be a number in (0, 1), "
+                         f"got {validation_fraction!r}")
     _check_int("seed", seed)
     _check_int("split_seed", split_seed)
     if train_size is not None:
@@ -204,7 +209,11 @@ def load_task(
         kwargs["data_dir"] = data_dir
     raw = entry.loader(**kwargs)
 
-    return _make_task(name, raw, split_seed=split_seed, train_size=train_size, device=device)
+    if raw.kind != "classification" and validation_fraction != VALIDATION_FRACTION:
+        raise ValueError(f"option 'validation_fraction' of dataset {name!r}: regression sets split "
+                         "60/20/20 (train/validation/test); the option applies to classification sets")
+    return _make_task(name, raw, split_seed=split_seed, train_size=train_size, device=device,
+                      validation_fraction=float(validation_fraction))
 
 
 def _check_int(what: str, value: Any) -> None:
@@ -213,7 +222,8 @@ def _check_int(what: str, value: Any) -> None:
 
 
 def _make_task(
-    name: str, raw: RawData, *, split_seed: int, train_size: int | None, device: str | torch.device
+    name: str, raw: RawData, *, split_seed: int, train_size: int | None, device: str | torch.device,
+    validation_fraction: float = VALIDATION_FRACTION,
 ) -> Task:
     if raw.kind not in ("classification", "regression"):
         raise ValueError(f"dataset {name!r}: unknown kind {raw.kind!r}")
@@ -236,7 +246,7 @@ def _make_task(
             y_test = _class_labels(name, "test", np.asarray(raw.y_test), raw.num_classes)
             test_idx = np.arange(len(y_test))
             pool_idx = np.arange(len(y_pool))
-        n_val = int(round(VALIDATION_FRACTION * len(y_pool)))
+        n_val = int(round(validation_fraction * len(y_pool)))
         train_rel, val_rel = _stratified_take(y_pool, n_val, _rng(split_seed, _STREAM_VAL))
     else:
         y_pool = y_pool.reshape(len(y_pool), -1)
