@@ -36,6 +36,7 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/
 
 slurm-test: setup
 	bash workflow/slurm/run_slurm_tests.sh

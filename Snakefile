@@ -85,6 +85,6 @@ include: "workflow/rules/check.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_targets,
-    default_target: True

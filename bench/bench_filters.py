@@ -81,7 +81,8 @@ def run(args) -> dict:
         "merges_beyond": 1000 * (len(distinct) - n_keys) / len(expressions),
         "bad_groups": len(bad_groups), "bad_pairs": len({(d.a, d.b) for d in bad}),
         "bad_gradient_only": len({(d.a, d.b) for d in bad if d.gradient_only}),
-        "key_bad": key_bad, "seconds": seconds, "examples": bad[:5],
+        "key_bad": key_bad, "seconds": seconds,
+        "examples": [next(d for d in bad if d.key == k) for k in dict.fromkeys(d.key for d in bad)][:5],
     }
 
 
@@ -100,7 +101,7 @@ def render(rows: list[tuple[str, dict]]) -> str:
             f"{r['bad_gradient_only']}) | {key_bad} | {r['strings'] / r['seconds']:.0f} |")
     for label, r in rows:
         if r["examples"]:
-            lines.append(f"\nUnsound groups of {label}, first examples:\n")
+            lines.append(f"\nUnsound groups of {label}, one pair each (the first {len(r['examples'])}):\n")
         for d in r["examples"]:
             lines.append(f"- `{d.a}` ~ `{d.b}` (key `{d.key}`) at y={d.y!r}, f={d.f!r}: "
                          f"values {d.values[0]:.6g} / {d.values[1]:.6g}, d/df {d.values[2]:.6g} / {d.values[3]:.6g}")

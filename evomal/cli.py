@@ -126,6 +126,13 @@ def describe_experiment(exp_dir: Path) -> str:
     elif method_searches(config.get("method", "?")):
         parts.append("Best loss: not selected yet")
 
+    if (exp_dir / "finalists.tsv").exists():
+        from evomal.results.report.finalists import finalists_sentence, finalists_view
+
+        frame = files.read_tsv(exp_dir / "finalists.tsv")
+        parts.append(_section(f"Finalists (trained from scratch, scored on validation; lower is better). "
+                              f"{finalists_sentence(frame)}", to_text(finalists_view(frame))))
+
     for title, per_seed_name, summary_name in (("Meta-test", "meta_test.tsv", "meta_test_summary.tsv"),
                                                ("Transfer", "transfer.tsv", "transfer_summary.tsv")):
         if not (exp_dir / summary_name).exists():

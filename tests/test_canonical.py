@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evomal.gp import algebra
+from evomal.gp import rules
 from evomal.gp.canonical import DEFAULT_BUDGET, CanonicalKey, canonical_key, expansion_work, structural_key
 from evomal.gp.expressions import parse
 from evomal.gp.soundness import find_disagreements
@@ -55,6 +55,13 @@ EQUAL = [
     ("sqrt(sub(y, y))", "sqrt(mul(sub(f, f), f))"),  # sqrt(1e-7), not 0
     ("sign(min(abs(add(y, f)), log(1)))", "sub(y, y)"),  # min(|.|, 0) = 0
     ("log(-1)", "log(1)"),
+    ("square(abs(tanh(aq(y, f))))", "square(tanh(aq(y, f)))"),
+    ("sign(max(1, aq(y, f)))", "sign(sqrt(f))"),  # max(1, .) >= 1
+    ("abs(min(-1, y))", "mul(-1, min(-1, y))"),  # min(-1, .) <= -1
+    ("mul(sign(abs(f)), square(mul(y, f)))", "square(mul(y, f))"),  # sign(f)^2 f^2 = f^2, gradient too
+    ("mul(sign(f), mul(sign(f), abs(f)))", "abs(f)"),
+    ("log(square(sqrt(f)))", "log(f)"),  # sqrt(f)^2 = max(|f|, 1e-7)
+    ("sqrt(square(sqrt(add(y, f))))", "sqrt(add(f, y))"),
     # a protected log(0) inside: both are tanh(f^2) + (f + y) / sqrt(1 + (log(1e-7) - f)^2)
     ("add(tanh(abs(square(f))), aq(add(f, y), sub(log(aq(log(-1), sqrt(1))), mul(1, f))))",
      "add(tanh(square(f)), aq(add(y, f), sub(log(sub(y, y)), f)))"),
@@ -80,6 +87,7 @@ NOT_MERGED = [
     ("sign(square(y))", "sign(sqrt(y))"),
     ("sign(min(abs(add(y, f)), log(1)))", "sign(sqrt(f))"),  # identically 0, not 1
     ("mul(sign(f), abs(f))", "f"),  # same values, but the gradient is sign(f)^2: 0 at f = 0, not 1
+    ("mul(sign(f), mul(sign(f), f))", "f"),  # likewise
     # a protected log(0) inside a subtree that the unprotected algebra would absorb
     ("add(tanh(abs(square(f))), aq(add(f, y), sub(log(aq(log(-1), sqrt(1))), mul(1, f))))", "tanh(square(f))"),
     # a - b = max(f, 0) >= 0, but at the tie f = 0 max splits the gradient: 1/4, against 1/2
@@ -158,7 +166,7 @@ def test_all_different_functions_get_distinct_keys():
 
 
 def test_logs_of_products_are_kept_whole():
-    # At y = 0 (one-hot targets) the protected forms of these two differ; see evomal.gp.algebra.
+    # At y = 0 (one-hot targets) the protected forms of these two differ; see evomal.gp.rules.
     assert canonical_key("log(mul(y, f))") != canonical_key("add(log(y), log(f))")
     assert canonical_key("log(mul(y, f))") == canonical_key("log(mul(f, y))") == canonical_key(
         "log(abs(mul(-1, mul(f, y))))")
@@ -215,7 +223,7 @@ def test_large_expressions_are_bounded(monkeypatch):
     def no_sympy(tree):
         raise AssertionError("SymPy work started on an over-budget expression")
 
-    monkeypatch.setattr(algebra, "canonical_form", no_sympy)
+    monkeypatch.setattr(rules, "canonical_form", no_sympy)
     key = canonical_key(expr)
     assert key.method == "structural"
 

@@ -15,7 +15,7 @@ re-introduces an unsound rule and checks that this file would catch it.
 import pytest
 import sympy as sp
 
-from evomal.gp import algebra, canonical
+from evomal.gp import algebra, canonical, rules
 from evomal.gp.canonical import canonical_key
 from evomal.gp.soundness import (
     check_points,
@@ -30,7 +30,7 @@ N_EXPRESSIONS = 5250  # 70 seeds x 3 generations x population 25
 
 def _clear_caches():
     canonical._cached_key.cache_clear()
-    algebra._MEMO.forms.clear()
+    rules._MEMO.forms.clear()
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +85,12 @@ def fresh_caches():
 
 def test_an_unsound_rule_is_caught(monkeypatch, fresh_caches):
     # sign(|a|) -> 1 (sign(0) is 0, and one-hot targets are mostly 0): the old filter's mistake.
-    original = algebra._sign_power
+    original = rules._sign_power
 
     def unsound(base, e):
         return sp.Integer(1) if base.func is algebra.pabs else original(base, e)
 
-    monkeypatch.setattr(algebra, "_sign_power", unsound)
+    monkeypatch.setattr(rules, "_sign_power", unsound)
     expressions = sample_expressions(1500)
     keys = {e: canonical_key(e).key for e in dict.fromkeys(expressions)}
     assert find_disagreements(group_by_key(expressions, keys.__getitem__))

@@ -37,7 +37,7 @@ def test_show_experiment_prints_formula_tables_and_savings(results, capsys):
     assert code == 0 and err == ""
     best = files.read_json(results / "toy" / "best" / "loss.json")
     assert best["formula"] in out and best["expression"] in out
-    assert "Meta-test (test error_rate" in out and "Transfer (test error_rate" in out
+    assert "Meta-test (test error rate" in out and "Transfer (test error rate" in out
     lines = out.splitlines()
     meta = next(ln for ln in lines if ln.strip().startswith("digits/mlp") and " evomal " in ln)
     summary = files.read_tsv(results / "toy" / "meta_test_summary.tsv").set_index("method")
@@ -46,6 +46,19 @@ def test_show_experiment_prints_formula_tables_and_savings(results, capsys):
     assert "Filter savings (" in out
     for label in ("evaluated", "equivalent", "rejected", "gradient-equivalent", "invalid"):
         assert any(ln.strip().startswith(label + " ") for ln in lines), label
+
+
+def test_show_starts_with_the_verdict_in_words(results, capsys):
+    _, out, _ = run(capsys, "show", str(results / "toy"))
+    row = files.read_tsv(results / "toy" / "meta_test_summary.tsv").set_index("method").loc["evomal"]
+    if row["p_value"] >= 0.05:
+        word = "not significantly different from"
+    else:
+        word = "better than" if row["mean"] < row["baseline_mean"] else "worse than"
+    assert out.splitlines()[0].startswith(f"The learned loss (evomal) is {word} cross-entropy on test, "
+                                          f"p = {row['p_value']:.2g} (error rate {row['mean']:.4g} vs ")
+    # how it was trained, so that the user trains with the same optimiser
+    assert "trained:    torch.optim.SGD(lr=" in out
 
 
 def test_show_lists_experiments_with_status(results, capsys):

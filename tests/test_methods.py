@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from evomal.core.files import ResultFileError
+from evomal.learning.devices import derive_seed
 from evomal.losses import neural, taylor
 from evomal.losses.export import export_torch_source
 from evomal.losses.families import write_document
@@ -275,3 +276,35 @@ def test_cmaes_with_infinite_fitness_keeps_going():
     samples = ask(None, SETTINGS)
     state = tell(None, SETTINGS, samples, [math.inf] * 3 + [1.0, 2.0, float("nan")])
     assert math.isfinite(state.sigma) and all(math.isfinite(m) for m in state.mean)
+
+
+def test_ml3_meta_training_moves_the_network_and_repeats_exactly(digits):
+    from evomal.learning.context import TrainingSettings, model_factory
+    from evomal.methods.ml3 import meta_train
+
+    settings = TrainingSettings(steps=20, lr=0.05, momentum=0.9, nesterov=False, weight_decay=0.0, batch_size=64)
+    build = model_factory({"name": "mlp", "hidden": [16]}, digits, "cpu")
+    runs = [meta_train(digits, build, seed=1, meta_steps=4, meta_lr=0.01, inner_steps=1, settings=settings)
+            for _ in range(2)]
+    first, again = runs
+    assert first.search.status == "ok" and first.search.steps == 4 and len(first.search.curve) == 4
+    assert torch.equal(first.loss.weights, again.loss.weights) and first.search.curve == again.search.curve
+    start = neural.initial_weights(seed=derive_seed(1, "ml3-init"))
+    assert not torch.equal(first.loss.weights.float(), start)  # Adam moved the network's weights
+    assert not first.loss.weights.requires_grad and math.isfinite(first.fitness.fitness)
+
+
+def test_config_refuses_what_a_method_cannot_run_and_accepts_keys_it_ignores():
+    from evomal.pipeline.config import ConfigError, resolve_config
+
+    def config(method, **exp):
+        return {"run": ["a"], "experiments": {"a": {"method": method, "dataset": "digits", "model": "linear", **exp}}}
+
+    with pytest.raises(ConfigError, match=r"experiments\.a\.search\.population: CMA-ES .* at least 2"):
+        resolve_config(config("taylorglo", search={"population": 1}))
+    # GP-only keys and their defaults never refuse a method without GP (tournament 4 > population 3)
+    resolved = resolve_config(config("taylorglo", search={"population": 3}, local_search={"meta_steps": 9}))
+    assert resolved["experiments"]["a"]["taylorglo"] == {"sigma": 1.2}
+    resolve_config(config("ml3", search={"population": 2}, taylorglo={"sigma": 0.5}))
+    with pytest.raises(ConfigError, match="unknown method 'ml4'; known: baseline, evomal, gplfl, ml3, taylorglo"):
+        resolve_config(config("ml4"))

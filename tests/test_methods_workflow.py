@@ -5,12 +5,16 @@ import copy
 import json
 import math
 import re
+import signal
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
+from evomal.core.files import dumps_json
+from evomal.methods.cmaes import tell
+from evomal.methods.taylorglo import cmaes_settings
 from workflow_utils import snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
@@ -33,6 +37,13 @@ def _loads_in_a_fresh_interpreter(path) -> dict:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _exp_of(workdir) -> dict:
+    """The experiment as it ran (its resolved config.yaml)."""
+    import yaml
+
+    return yaml.safe_load((workdir / "results" / "tiny" / "config.yaml").read_text())
 
 
 def _meta_test(exp_dir) -> pd.DataFrame:
@@ -58,9 +69,13 @@ def test_ml3_runs_to_a_meta_test_table_and_a_loadable_loss(tmp_path):
 
 
 def test_taylorglo_runs_cmaes_generations_in_the_file_contract(tmp_path):
+    """Killed while gathering generation 0 (its CMA-ES state not yet written), then resumed to the end."""
     write_config(tmp_path, _config("taylorglo", search={"population": 5, "generations": 2}))
-    proc = snakemake(tmp_path)
     exp = tmp_path / "results" / "tiny"
+    killed = snakemake(tmp_path, env={"EVOMAL_FAILPOINT": "gather"}, check=False)
+    assert killed.returncode == -signal.SIGKILL and "failpoint gather" in killed.stderr
+    assert (exp / "gen_0" / "population.json").exists() and not (exp / "gen_0" / "cmaes.json").exists()
+    proc = snakemake(tmp_path, env={"EVOMAL_FAILPOINT": ""})
     for g in range(2):
         gen = exp / f"gen_{g}"
         population = json.loads((gen / "population.json").read_text())["individuals"]
@@ -75,6 +90,13 @@ def test_taylorglo_runs_cmaes_generations_in_the_file_contract(tmp_path):
             assert cand["family"] == "taylor" and cand["weights"] == ind["theta"]
         assert json.loads((gen / "tracked.json").read_text())["candidates"] == 5  # every sample in MLflow
     assert len(re.findall(r"^gen \d/2  best ", proc.stderr, re.M)) == 2  # the GP search's progress lines
+    # the resumed state is CMA-ES told exactly the recorded samples and fitness, generation by generation
+    settings, state = cmaes_settings(_exp_of(tmp_path)), None
+    for g in range(2):
+        thetas = [i["theta"] for i in json.loads((exp / f"gen_{g}" / "population.json").read_text())["individuals"]]
+        fit = pd.read_csv(exp / f"gen_{g}" / "fitness.tsv", sep="\t")["fitness"].tolist()
+        state = tell(state, settings, thetas, fit)
+    assert json.loads(dumps_json(state.to_dict())) == json.loads((exp / "gen_1" / "cmaes.json").read_text())
     meta = _meta_test(exp)
     assert set(meta["method"]) == {"baseline", "taylorglo"}
     best = json.loads((exp / "best" / "loss.json").read_text())

@@ -280,8 +280,10 @@ def test_fewer_generations_than_the_results_hold_are_refused(scenario, tmp_path)
     workdir = tmp_path / "w"
     shutil.copytree(scenario.workdir, workdir, symlinks=True)
     extend = "experiments={a: {search: {generations: 2}}}"  # nested: numbers arrive as text
-    snakemake(workdir, "--config", "run=[a]", extend, env={"EVOMAL_FAILPOINT": ""})
-    assert (workdir / "results/a/gen_1/fitness.tsv").exists()
+    # the extended search and its recorded config (the later stages would follow; not needed here)
+    snakemake(workdir, "results/a/gen_1/fitness.tsv", "results/a/config.yaml", "--config", "run=[a]", extend,
+              env={"EVOMAL_FAILPOINT": ""})
+    assert "generations: 2" in (workdir / "results/a/config.yaml").read_text()
     plain = snakemake(workdir, "--config", "run=[a]", "-n", check=False)
     out = text(plain)
     assert plain.returncode != 0
@@ -427,3 +429,10 @@ def test_config_conflicts_tolerate_keys_added_since_a_run(tmp_path):
     exp["seed"] = 7
     (tmp_path / "tiny" / "config.yaml").write_text(yaml.safe_dump({"experiment": "tiny", **exp}))
     assert "seed: 7 there, 0 in this config" in preflight.config_conflicts(cfg, ["tiny"])[0]
+
+
+def test_evomal_check_refuses_a_path_that_is_no_results_folder(tmp_path, capsys):
+    assert cli.main(["check", str(tmp_path / "nowhere")]) == 1
+    assert f"no such results folder: {tmp_path / 'nowhere'}" in capsys.readouterr().err
+    assert cli.main(["check", str(tmp_path)]) == 1
+    assert "no experiment folders in" in capsys.readouterr().err

@@ -211,6 +211,17 @@ def test_report_folder_is_complete(built):
         assert label in md
     html = (d / "report" / "summary.html").read_text()
     assert html.count("data:image/png;base64,") == len(report.PLOT_FILES) and "<table>" in html
+    # the answer first, and every plot's vector version linked
+    assert md.index("## Verdict") < md.index("## Best loss") and "- The learned loss (evomal) is " in md
+    assert md.count("Vector version: [") == len(report.PLOT_FILES)
+
+
+def test_html_escapes_what_it_shows():
+    blocks = [report.Block("h1", "a <b> & c"), report.Block("table", pd.DataFrame({"x<y": ["max(f, y) < 1"]})),
+              report.Block("list", [("see ", "<here>")])]
+    html = report.render_html(blocks, "t<itle>")
+    assert "<h1>a &lt;b&gt; &amp; c</h1>" in html and "<th>x&lt;y</th>" in html
+    assert "<td>max(f, y) &lt; 1</td>" in html and "<li>see &lt;here&gt;</li>" in html and "t&lt;itle&gt;" in html
 
 
 def test_regression_report_without_transfer(tmp_path):
@@ -442,3 +453,52 @@ def test_report_rules_and_snakemake_report(tmp_path):
     page = (tmp_path / "report.html").read_text()
     for caption in CAPTIONS:
         assert caption in page, caption
+
+
+# --------------------------------------------------------------------------- fit for a paper
+def _curve_files(tmp_path, val_of):
+    """curves.json and its per-seed table: baseline and evomal, 2 seeds, points at steps 0, 10, 20."""
+    curves = {f"{m}/{s}": [[step, math.nan if step == 0 else 1.0 / step, val_of(m, s, step)] for step in (0, 10, 20)]
+              for m in ("baseline", "evomal") for s in (0, 1)}
+    files.write_json(tmp_path / "curves.json", {"curves": curves})
+    per_seed = pd.DataFrame([{"target": "digits/mlp", "method": m, "seed": s, "test_metric": 0.1, "metric": "error_rate",
+                              "diverged": False, "reason": ""} for m in ("baseline", "evomal") for s in (0, 1)])
+    files.write_tsv(tmp_path / "per_seed.tsv", per_seed)
+    return tmp_path / "curves.json", tmp_path / "per_seed.tsv"
+
+
+def test_plots_are_fit_for_a_paper(tmp_path):
+    from matplotlib.image import imread
+
+    curves_json, per_seed = _curve_files(tmp_path, lambda m, s, step: 0.9 - 0.02 * step - 0.01 * s)
+    report.plot_learning_curves(curves_json, tmp_path / "c.png", per_seed_tsv=per_seed)
+    svg = report.vector_path(tmp_path / "c.png")
+    report.check_svg(svg)
+    text = svg.read_text()
+    # metric names as words, the band explained, text kept as text (editable in a vector editor)
+    assert "validation error rate" in text and "error_rate" not in text
+    assert "shaded: mean ± 1 std over seeds" in text
+    assert imread(tmp_path / "c.png").shape[1] == 10 * report.PNG_DPI  # 10 inches at 200 dpi
+    first = svg.read_bytes()
+    report.plot_learning_curves(curves_json, tmp_path / "c.png", per_seed_tsv=per_seed)
+    assert svg.read_bytes() == first  # no date or random ids inside: the same figure gives the same file
+
+    fig = report.draw_curves(report.read_curves(curves_json), metric="validation error rate")
+    loss_ax, metric_ax = fig.axes[:2]
+    assert min(line.get_xdata().min() for line in metric_ax.get_lines()) == 0  # step 0: the untrained network
+    assert metric_ax.get_xlim()[0] == 0 and metric_ax.get_ylim()[0] == 0
+    styles = {line.get_label().split()[0]: (line.get_color(), line.get_linestyle()) for line in metric_ax.get_lines()}
+    assert styles == {"baseline": ("black", "--"), "evomal": (report.OKABE_ITO[0], "-")}
+
+
+@pytest.mark.parametrize("value, limits", [(0.0, (0.0, 1.0)), (0.3, (0.0, 0.375))])
+def test_a_constant_curve_gets_a_sensible_axis(tmp_path, value, limits):
+    curves_json, _ = _curve_files(tmp_path, lambda m, s, step: value)
+    fig = report.draw_curves(report.read_curves(curves_json), metric="validation error rate")
+    assert fig.axes[1].get_ylim() == pytest.approx(limits)  # not -0.04 .. 0.04 around an error rate of 0
+
+
+def test_decision_colours_are_colour_blind_safe_and_distinct():
+    colours = [report.DECISION_COLORS[d] for d in report.DECISIONS]
+    assert len(set(colours)) == len(colours)
+    assert set(colours) <= set(report.OKABE_ITO) | {"#999999"}

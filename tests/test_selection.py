@@ -17,7 +17,8 @@ from evomal.learning.training import metric, train
 from evomal.losses.modules import CompiledLoss, baseline_loss
 from evomal.losses.references import REFERENCES, reference_losses
 from evomal.pipeline.config import ConfigError, load_schema, resolve_config
-from evomal.pipeline.selection import finalists_table, learned_beats_baseline, search_finalists
+from evomal.pipeline.contract import learned_beats_baseline
+from evomal.pipeline.selection import finalists_table, search_finalists
 from evomal.tasks.models import build_model
 
 
@@ -143,3 +144,22 @@ def test_fitness_averages_the_last_points_over_seeds():
     curves = [[(50, 1.0, 0.9), (100, 1.0, 0.5), (150, 1.0, 0.3)], [(50, 1.0, 0.8), (100, 1.0, 0.4), (150, 1.0, 0.2)]]
     assert m.value(curves) == pytest.approx(((0.5 + 0.3) / 2 + (0.4 + 0.2) / 2) / 2)
     assert math.isinf(m.value([[(1, 1.0, math.inf)]]))
+    # the untrained network's step-0 point never counts, however many points are averaged
+    assert FitnessMeasure(average_last=5).value([[(0, math.nan, 0.9), (50, 1.0, 0.4), (100, 1.0, 0.2)]]) == \
+        pytest.approx(0.3)
+
+
+def test_the_finalists_view_says_whether_a_learned_loss_beats_the_baseline(tmp_path):
+    from evomal.core import files
+    from evomal.results.report.finalists import finalists_sentence, finalists_view
+
+    scores = _scores({("baseline", 1): 0.30, ("baseline", 2): 0.32, ("g0-000", 1): 0.25, ("g0-000", 2): 0.27})
+    files.write_tsv(tmp_path / "finalists.tsv", finalists_table([_entry(0, 0.1)], scores, [1, 2]))
+    frame = files.read_tsv(tmp_path / "finalists.tsv")  # as the summary and `evomal show` read it
+    assert finalists_sentence(frame).startswith("The selected loss g0-000 beats the baseline on validation (0.26 ±")
+    view = finalists_view(frame)
+    assert list(view["selected"]) == ["", "yes"] and view.iloc[0, 1] == "(the task's own loss)"
+    assert view.iloc[1, 3].startswith("0.26 ± 0.014")  # every validation figure carries its spread
+    worse = _scores({("baseline", 1): 0.2, ("baseline", 2): 0.2, ("g0-000", 1): 0.3, ("g0-000", 2): 0.3})
+    assert finalists_sentence(finalists_table([_entry(0, 0.1)], worse, [1, 2])).startswith(
+        "No learned loss beats the baseline on validation")

@@ -77,8 +77,9 @@ def test_every_file_of_the_contract(tiny_run):
     assert re.search(r"^tiny: The learned loss \(evomal\) is (better than|not significantly different from|worse "
                      r"than) cross-entropy on test, p = ", proc.stderr, re.M)
     assert "evomal show results/tiny" in proc.stderr
-    assert "rule population" not in proc.stderr and "Select jobs to execute" not in proc.stderr
-    assert len(proc.stderr.splitlines()) < 80
+    for chatter in ("rule population", "Select jobs to execute", "Execute 1 jobs", "Finished jobid", "% done"):
+        assert chatter not in proc.stderr, chatter
+    assert len(proc.stderr.splitlines()) < 150  # about 80 here; about 600 with all of Snakemake's output (--quiet host)
 
 
 def test_rerunning_stages_gives_identical_files(tiny_run, tmp_path):

@@ -186,8 +186,13 @@ def read_tensors(path: str | os.PathLike) -> dict:
         # weights_only: a results folder from someone else must never execute code when opened
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for damaged archives
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch's message carries terminal colours
+        # a refused object: the one line that names it, not torch's advice to load it unsafely
+        refused = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+        what = (f"{refused[1].split('. Please')[0]}; the weights-only loader refuses objects that could run code"
+                if refused else text)
         raise ResultFileError(f"corrupted results file {path}: cannot be loaded as tensors "
-                              f"({type(exc).__name__}: {exc}); {_repair_hint(path)}") from None
+                              f"({type(exc).__name__}: {what}); {_repair_hint(path)}") from None
 
 
 def write_tsv(path: str | os.PathLike, frame: "pd.DataFrame") -> None:

@@ -4,7 +4,7 @@ Two expressions get the same key only if they compute the same loss: the same va
 f, and the same gradient with respect to f, under the *protected* semantics of DESIGN §1.1 (sign(0) =
 0; log = log(max(|a|, 1e-7)) and sqrt = sqrt(max(|a|, 1e-7)) at every node), zeros included. A missed
 merge costs one evaluation; a false merge loses a loss that the search never trains, so every
-rewrite is exact under those semantics (see evomal.gp.algebra for the rules and why they are sound)
+rewrite is exact under those semantics (evomal.gp.algebra and evomal.gp.rules say why)
 and anything else falls back to a structural key. tests/test_canonical_soundness.py checks the keys
 numerically on thousands of expressions from the project's own initialiser and breeding.
 
@@ -146,7 +146,7 @@ def _seeded_sympy_assumptions() -> Iterator[None]:
 def _sympy_key(tree: Node) -> str:
     import sympy as sp
 
-    from evomal.gp.algebra import canonical_form
+    from evomal.gp.rules import canonical_form
 
     with _seeded_sympy_assumptions():
         form = canonical_form(tree)

@@ -41,7 +41,8 @@ class FitnessMeasure:
         """Mean over seeds of the mean validation metric at the last ``average_last`` points."""
         per_seed = []
         for curve in curves:
-            points = [c[2] for c in curve[-self.average_last:]]
+            # the step-0 point is the untrained network: never part of the fitness
+            points = [c[2] for c in curve if c[0] > 0][-self.average_last:]
             if not points or not all(math.isfinite(p) for p in points):
                 return math.inf
             per_seed.append(sum(points) / len(points))

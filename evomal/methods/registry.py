@@ -34,6 +34,8 @@ class Method:
     #: how the compile stage writes a candidate's loss.json from its filter record:
     #: ``candidate_loss(path, record, kind, **extra)``; None: the symbolic expression with initial weights
     candidate_loss: Callable[..., object] | None = None
+    #: ``check(exp) -> ["<key>: <problem>", ...]`` for the method's own needs of a resolved experiment
+    check: Callable[[dict], list[str]] | None = None
 
     @property
     def searches(self) -> bool:
@@ -50,6 +52,10 @@ class Method:
         from evomal.losses.modules import initial_weights
 
         return initial_weights(tree, seed=seed, noise=self.weight_noise)
+
+    def config_problems(self, exp: dict) -> list[str]:
+        """What this method cannot run in the resolved experiment ``exp``, each as "<key>: <problem>"."""
+        return [] if self.check is None else list(self.check(exp))
 
     def save_candidate_loss(self, path, record: dict, kind: str, *, seed: int, **extra) -> None:
         """Write a candidate's loss.json (the compile stage); ``extra`` fields are stored as given."""

@@ -23,10 +23,16 @@ def candidate_loss(path, record: dict, kind: str, **extra) -> None:
     write_document(path, document(kind, record["theta"], **extra))
 
 
+def check(exp: dict) -> list[str]:
+    """CMA-ES recombines the better half of a generation: it needs two samples at least."""
+    n = exp["search"]["population"]
+    return [] if n >= 2 else [f"search.population: CMA-ES (TaylorGLO) needs at least 2 samples per generation, got {n}"]
+
+
 @register_method("taylorglo")
 def taylorglo_method() -> Method:
     return Method(name="taylorglo", description="TaylorGLO", stages=("cmaes_search", "meta_test", "transfer"),
-                  local_search=False, candidate_loss=candidate_loss)
+                  local_search=False, candidate_loss=candidate_loss, check=check)
 
 
 def cmaes_settings(exp: dict):

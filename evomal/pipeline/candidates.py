@@ -32,6 +32,19 @@ def optimized_fingerprint(cdir, exp: dict) -> str:
                              exp["training"], exp["dataset"], exp["model"], exp["seed"])
 
 
+def _finished(read, path: Path, fp: str, say) -> dict | None:
+    """The candidate file at ``path`` if it was computed from these inputs (fingerprint ``fp``). A damaged
+    one is recomputed like a missing one: a stage never fails on its own output (docs/faults.md)."""
+    if not path.exists():
+        return None
+    try:
+        doc = read(path)
+    except files.ResultFileError as exc:
+        say(f"{path}: damaged, recomputing it ({str(exc).split('; to repair')[0]})")
+        return None
+    return doc if isinstance(doc, dict) and doc.get("fingerprint") == fp else None
+
+
 def _shard_job(filter_path, shard: int, manifest_path, stage: str, work, log: str | None) -> None:
     """Run ``work(candidate_record, gen_dir, say) -> (reused: bool)`` over a shard; write the manifest."""
     t0 = time.perf_counter()
@@ -60,7 +73,7 @@ def compile_shard(filter_path, shard: int, manifest_path, *, exp: dict, recomput
     def work(rec, gen_dir, say):
         path = candidate_dir(gen_dir, rec["id"]) / "loss.json"
         fp = loss_fingerprint(rec, exp)
-        if not recompute and path.exists() and files.read_json(path).get("fingerprint") == fp:
+        if not recompute and _finished(files.read_json, path, fp, say) is not None:
             return True
         method.save_candidate_loss(path, rec, kind, seed=candidate_seed(exp, rec["id"]), id=rec["id"], fingerprint=fp)
         return False
@@ -99,7 +112,7 @@ def optimize_shard(filter_path, shard: int, manifest_path, *, exp: dict, device:
         cdir = candidate_dir(gen_dir, rec["id"])
         out = cdir / "optimized.pt"
         fp = optimized_fingerprint(cdir, exp)
-        if not recompute and out.exists() and files.read_tensors(out).get("fingerprint") == fp:
+        if not recompute and _finished(files.read_tensors, out, fp, say) is not None:
             return True
         loss = load_loss(cdir / "loss.json").to(dev)
         if skip_reason is not None:
@@ -147,7 +160,7 @@ def evaluate_shard(filter_path, shard: int, manifest_path, *, exp: dict, device:
         fp = files.fingerprint(opt["weights"].tolist(), files.file_digest(cdir / "loss.json"),
                                exp["training"], exp["dataset"], exp["model"], exp["seed"], *measure_fp,
                                *(() if board is None else (exp["early_stop"], board.snapshot())))
-        if not recompute and out.exists() and (old := files.read_json(out)).get("fingerprint") == fp:
+        if not recompute and (old := _finished(files.read_json, out, fp, say)) is not None:
             if board is not None:
                 board.add(old.get("checkpoints", []))
             return True

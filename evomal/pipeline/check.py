@@ -2,8 +2,8 @@
 
 Two depths. The *quick* check needs neither torch nor pandas, so it runs while Snakemake builds its DAG
 (the input function of the ``check_generation`` rule): every candidate file of a gathered generation
-must still have the digest that the generation's check job recorded in ``checked.json`` once it had
-verified it, so a changed, deleted or planted file is found without reading it. The *deep* check reads
+must still have the digest that the generation's check job recorded in ``checks/gen_<g>.json`` once
+it had verified it, so a changed, deleted or planted file is found without reading it. The *deep* check reads
 every file as its readers do: JSON and tables parse and have their fields, tensors load weights-only,
 the fingerprints of ``loss.json`` and ``optimized.pt`` match their inputs (as the compile and optimize
 stages compute them, evomal.pipeline.candidates), and each ``fitness.json`` agrees with the generation's
@@ -17,10 +17,10 @@ import math
 from pathlib import Path
 
 from evomal.core import files
-from evomal.pipeline.contract import (ARCHIVE, BEST_LOSS, BEST_SOURCE, CANDIDATES, CHECKED, CONFIG_FILE, FILTER,
+from evomal.pipeline.contract import (ARCHIVE, BEST_LOSS, BEST_SOURCE, CANDIDATES, CONFIG_FILE, FILTER,
                                       FINALIST_COLUMNS, FINALISTS, FITNESS_FILE, FITNESS_TABLE, LOSS_FILE, META_TEST,
                                       META_TEST_SUMMARY, OPTIMIZED_FILE, PER_SEED_COLUMNS, POPULATION, TABLE_COLUMNS,
-                                      TRANSFER, TRANSFER_SUMMARY, candidate_dir)
+                                      TRANSFER, TRANSFER_SUMMARY, candidate_dir, check_record)
 
 CANDIDATE_FILES = (LOSS_FILE, OPTIMIZED_FILE, FITNESS_FILE)
 
@@ -56,8 +56,18 @@ def _read(reader, path: Path, out: Findings):
         # the readers' messages start with the path and end with a repair hint; keep what is wrong
         text = str(exc).split("; to repair it")[0].splitlines()[0]
         text = text.split(f"{path}: ", 1)[-1]
-        out.append(Damage(path, text if len(text) <= 160 else text[:157] + "..."))
+        out.append(Damage(path, text if len(text) <= 240 else text[:237] + "..."))
         return None
+
+
+def _mapping(reader):
+    """A reader that also refuses a document that is not a JSON object (a list, a number...)."""
+    def read(path):
+        doc = reader(path)
+        if not isinstance(doc, dict):
+            raise ValueError(f"{path}: not a JSON object of the expected fields")
+        return doc
+    return read
 
 
 def evaluated(filter_doc: dict) -> list[dict]:
@@ -70,31 +80,35 @@ def candidate_files(gen_dir: Path, filter_doc: dict) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- quick (DAG time)
+def _record(gen_dir: Path) -> Path:
+    return check_record(gen_dir.parent, int(gen_dir.name.split("_")[-1]))
+
+
 def quick_check(gen_dir: str | Path) -> list[Damage]:
     """Candidate files of a verified generation that changed since, or vanished (no torch, no pandas)."""
     gen_dir = Path(gen_dir)
     out = Findings()
-    doc = _read(files.read_json, gen_dir / CHECKED, out)
-    if doc is None:
-        return out
-    for rel, digest in doc.get("digests", {}).items():
+    doc = _read(_mapping(files.read_json), _record(gen_dir), out)
+    if doc is None or not isinstance(doc.get("digests"), dict):
+        return out or [Damage(_record(gen_dir), "has no digests")]
+    for rel, digest in doc["digests"].items():
         path = gen_dir / rel
         if not path.is_file():
             out.append(Damage(path, "missing"))
         elif files.file_digest(path) != digest:
-            out.append(Damage(path, f"changed since its generation was verified ({gen_dir / CHECKED})"))
+            out.append(Damage(path, f"changed since its generation was verified ({_record(gen_dir)})"))
     return out
 
 
 def recheck_if_damaged(gen_dir: str | Path) -> list[Damage]:
-    """At DAG time: if a verified generation's candidate files changed, delete its ``checked.json`` so that
+    """At DAG time: if a verified generation's candidate files changed, delete its check record so that
     its check job runs again, verifies every file and recomputes the damaged ones."""
     gen_dir = Path(gen_dir)
-    if not (gen_dir / CHECKED).exists():
+    if not _record(gen_dir).exists():
         return []  # never verified yet: its check job is to run anyway
     damage = quick_check(gen_dir)
     if damage:
-        (gen_dir / CHECKED).unlink(missing_ok=True)
+        _record(gen_dir).unlink(missing_ok=True)
     return damage
 
 
@@ -120,14 +134,14 @@ def check_candidate(gen_dir: Path, rec: dict, exp: dict, table: dict[str, float]
     from evomal.pipeline.candidates import loss_fingerprint, optimized_fingerprint
 
     cdir = candidate_dir(gen_dir, rec["id"])
-    loss = _read(files.read_json, cdir / LOSS_FILE, out)
+    loss = _read(_mapping(files.read_json), cdir / LOSS_FILE, out)
     if loss is not None and loss.get("fingerprint") != loss_fingerprint(rec, exp):
         out.append(Damage(cdir / LOSS_FILE, "its fingerprint does not match its inputs (expression, method, seed)"))
-    opt = _read(files.read_tensors, cdir / OPTIMIZED_FILE, out)
+    opt = _read(_mapping(files.read_tensors), cdir / OPTIMIZED_FILE, out)
     if opt is not None and loss is not None and opt.get("fingerprint") != optimized_fingerprint(cdir, exp):
         out.append(Damage(cdir / OPTIMIZED_FILE, "its fingerprint does not match its inputs (loss.json, "
                                                  "local_search and training settings)"))
-    fit = _read(files.read_json, cdir / FITNESS_FILE, out)
+    fit = _read(_mapping(files.read_json), cdir / FITNESS_FILE, out)
     if fit is not None:
         try:
             value = files.number(fit["fitness"])
@@ -144,17 +158,23 @@ def check_generation(gen_dir: str | Path, exp: dict, out: Findings | None = None
     """Every file of a gathered generation (the deep check)."""
     gen_dir = Path(gen_dir)
     out = Findings() if out is None else out
-    population = _read(files.read_json, gen_dir / POPULATION, out)
+    population = _read(_mapping(files.read_json), gen_dir / POPULATION, out)
     if population is not None and not isinstance(population.get("individuals"), list):
         out.append(Damage(gen_dir / POPULATION, "has no list of individuals"))
-    flt = _read(files.read_json, gen_dir / FILTER, out)
+    flt = _read(_mapping(files.read_json), gen_dir / FILTER, out)
     table = _table_fitness(gen_dir / FITNESS_TABLE, out)
-    _read(files.read_json, gen_dir / ARCHIVE, out)
+    _read(_mapping(files.read_json), gen_dir / ARCHIVE, out)
     if flt is None:
         return out
-    if table is not None and set(table) != {c["id"] for c in flt.get("candidates", [])}:
+    try:
+        ids = {c["id"] for c in flt["candidates"]}
+        records = evaluated(flt)
+    except (KeyError, TypeError, AttributeError) as exc:
+        out.append(Damage(gen_dir / FILTER, f"not a filter record ({type(exc).__name__}: {exc})"))
+        return out
+    if table is not None and set(table) != ids:
         out.append(Damage(gen_dir / FITNESS_TABLE, f"its candidates differ from those of {FILTER}"))
-    for rec in evaluated(flt):
+    for rec in records:
         check_candidate(gen_dir, rec, exp, table, out)
     return out
 
@@ -189,7 +209,7 @@ def check_experiment(exp_dir: str | Path) -> Findings:
     exp = {k: v for k, v in config.items() if k not in ("experiment", "device", "shards", "tracking_uri")}
     if method_generations(exp.get("method", "evomal")):
         for gen in sorted((p for p in exp_dir.glob("gen_*") if p.name[4:].isdigit()), key=lambda p: int(p.name[4:])):
-            if (gen / FITNESS_TABLE).exists() or (gen / CHECKED).exists():  # gathered (or meant to be)
+            if (gen / FITNESS_TABLE).exists() or _record(gen).exists():  # gathered (or meant to be)
                 check_generation(gen, exp, out)
     for name, columns in ((META_TEST, PER_SEED_COLUMNS), (TRANSFER, PER_SEED_COLUMNS), (META_TEST_SUMMARY, []),
                           (TRANSFER_SUMMARY, []), (FINALISTS, FINALIST_COLUMNS)):

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from evomal.methods import list_methods
+from evomal.methods import get_method, list_methods
 from evomal.tasks.spec import component
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -163,7 +163,8 @@ def _cross_key_errors(config: dict) -> list[str]:
         if s["crossover"] + s["mutation"] > 1:
             errors.append(f"config key experiments.{name}.search: crossover + mutation must be <= 1, "
                           f"got {s['crossover']} + {s['mutation']}")
-        if s["tournament"] > s["population"]:
+        gp = exp["method"] in methods and "gp_search" in get_method(exp["method"]).stages  # breeding's keys
+        if gp and s["tournament"] > s["population"]:
             errors.append(f"config key experiments.{name}.search.tournament: {s['tournament']} is larger than "
                           f"search.population ({s['population']}); a tournament draws from the population")
         lo, hi = s["init_height"]
@@ -174,6 +175,8 @@ def _cross_key_errors(config: dict) -> list[str]:
         if exp["selection"]["finalists"] and shared:
             errors.append(f"config key experiments.{name}.selection.seeds: must be disjoint from "
                           f"meta_test.seeds (the meta-test must see fresh seeds), shared: {shared}")
+        if exp["method"] in methods:  # what the method itself needs (evomal.methods: Method.check)
+            errors += [f"config key experiments.{name}.{p}" for p in get_method(exp["method"]).config_problems(exp)]
         for other in exp["compare"]:
             if other not in config["experiments"] or other == name:
                 errors.append(f"config key experiments.{name}.compare: {other!r} is not another defined "

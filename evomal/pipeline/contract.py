@@ -17,7 +17,6 @@ FILTER = "filter.json"
 FITNESS_TABLE = "fitness.tsv"
 ARCHIVE = "archive.json"
 TRACKED = "tracked.json"
-CHECKED = "checked.json"  # written by the check job: digests of the verified candidate files
 CANDIDATES = "candidates"
 SHARDS = "shards"
 
@@ -31,6 +30,7 @@ CMAES_STATE = "cmaes.json"
 
 # per experiment
 CONFIG_FILE = "config.yaml"
+CHECKS = "checks"
 BEST_LOSS = "best/loss.json"
 BEST_SOURCE = "best/loss.py"
 META_TEST = "meta_test.tsv"
@@ -54,11 +54,19 @@ VECTOR_SUFFIX = ".svg"
 #: Columns of gen_<g>/fitness.tsv. No timings: the table is byte-identical whenever it is recomputed.
 TABLE_COLUMNS = ["id", "expression", "origin", "parents", "key", "decision", "reason", "reuse_of", "fitness"]
 FINALISTS = "finalists.tsv"
+#: the ``id`` (and meta-test ``method``) of the task's own loss, cross-entropy / MSE
+BASELINE = "baseline"
 #: Columns of finalists.tsv; one ``seed_<s>`` column per validation seed goes after the first five.
 FINALIST_COLUMNS = ["rank", "id", "generation", "expression", "search_fitness", "validation_mean",
                     "validation_std", "selected", "reason"]
 #: Columns of meta_test.tsv and transfer.tsv.
 PER_SEED_COLUMNS = ["target", "method", "seed", "test_metric", "metric", "diverged", "reason"]
+
+
+def check_record(exp_dir: str | Path, generation: int) -> Path:
+    """``checks/gen_<g>.json``: the digests of a generation's candidate files once its check job verified
+    them (outside the generation folder, which holds only what the stages made)."""
+    return Path(exp_dir) / CHECKS / f"gen_{generation}.json"
 
 
 def generation_dir(exp_dir: str | Path, generation: int) -> Path:
@@ -79,17 +87,28 @@ def vector_path(png_path: str | Path) -> Path:
     return Path(png_path).with_suffix(VECTOR_SUFFIX)
 
 
-def results_inputs(exp_dir: str, exp: dict, *, searches: bool) -> dict[str, str]:
+def results_inputs(exp_dir: str, exp: dict, *, searches: bool, finalists: bool = False) -> dict[str, str]:
     """Result files the track_results rule reads, for an experiment's resolved config ``exp``;
-    ``searches``: whether its method learns a loss (then its best loss is logged too)."""
+    ``searches``: whether its method learns a loss (then its best loss is logged too); ``finalists``:
+    whether its search re-scores finalists (finalists.tsv is logged too)."""
     inputs = {"meta_test": f"{exp_dir}/{META_TEST}", "meta_test_summary": f"{exp_dir}/{META_TEST_SUMMARY}"}
     if exp["transfer"]:
         inputs.update(transfer=f"{exp_dir}/{TRANSFER}", transfer_summary=f"{exp_dir}/{TRANSFER_SUMMARY}")
     if searches:
         inputs["best"] = f"{exp_dir}/{BEST_LOSS}"
+    if finalists:
+        inputs["finalists"] = f"{exp_dir}/{FINALISTS}"
     return inputs
 
 
 def active_shards(filter_doc: dict) -> list[int]:
     """Shards that received candidates: only these become jobs."""
     return sorted({c["shard"] for c in filter_doc["candidates"] if c["decision"] == "evaluate"})
+
+
+def learned_beats_baseline(finalists) -> bool:
+    """Whether the selected finalist of a finalists.tsv table (a DataFrame) has a lower mean validation
+    metric than the baseline."""
+    base = finalists.loc[finalists["id"] == BASELINE, "validation_mean"]
+    chosen = finalists.loc[finalists["selected"].astype(bool), "validation_mean"]
+    return bool(len(base) and len(chosen) and float(chosen.iloc[0]) < float(base.iloc[0]))

@@ -60,6 +60,7 @@ class LockState:
     that no run recorded."""
     removed: list[int] = dataclasses.field(default_factory=list)  # pids of killed runs
     live: list[dict] = dataclasses.field(default_factory=list)  # records of live runs
+    foreign: list[tuple[Path, dict]] = dataclasses.field(default_factory=list)  # another machine's, unheld
     unknown: list[Path] = dataclasses.field(default_factory=list)
 
 
@@ -142,9 +143,14 @@ def clear_stale_locks(workdir: str | os.PathLike = ".") -> LockState:
                 keys = {_key(i) for i in idents}
             except (ValueError, KeyError, TypeError):
                 continue  # unreadable: its locks stay (Snakemake refuses, lock_notes says what to do)
-            gone = not alive and host == _host() and not (pid_alive(pid) and _is_snakemake(pid))
-            if not gone:  # alive, or on another machine (its flock cannot be trusted to tell)
-                state.live.append(record)
+            # the flock tells; the pid is asked as well, in case the file system ignores flocks (not our
+            # own pid: in a container every run may get the same one)
+            gone = not alive and not (pid != os.getpid() and pid_alive(pid) and _is_snakemake(pid))
+            if not gone or host != _host():  # alive, or on another machine: its flock may not reach here
+                if alive or host == _host():
+                    state.live.append(record)
+                else:
+                    state.foreign.append((path, record))
                 live_keys |= keys
                 continue
             stale = [lock for lock in _lock_files(meta) if (i := _identity(lock)) is not None and _key(i) in keys]
@@ -169,6 +175,9 @@ def lock_notes(state: LockState) -> list[str]:
         notes.append(f"another run is active in this folder (pid {record['pid']} on {record['host']}); a run that "
                      "wants the same files is refused ('Directory cannot be locked'): wait for it to end, and do "
                      "not use --unlock, which removes the live run's locks too")
+    for path, record in state.foreign:
+        notes.append(f"{path} records a run on another machine ({record['host']}, pid {record['pid']}) that holds "
+                     f"no lock here; if it is not active, remove the record: rm {path}")
     if state.unknown:
         names = " ".join(str(p) for p in state.unknown)
         notes.append(f"lock files that no run recorded: {names} (a run killed while it started, or one started "

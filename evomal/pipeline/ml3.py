@@ -33,8 +33,9 @@ def meta_train_stage(out_path, *, exp: dict, device: str = "cpu", log: str | Non
     write_document(out_path, document(
         task.kind, r.loss.weights, method=exp["method"], fitness=float(r.fitness.fitness),
         fitness_reason=r.fitness.reason or "", fitness_curve=r.fitness.curve,
+        # no wall-clock seconds here (they are in best/timings/): a rerun writes the same bytes
         meta_training={"status": r.search.status, "reason": r.search.reason or "", "steps": r.search.steps,
-                       "curve": [float(v) for v in r.search.curve], "seconds": float(r.search.seconds)}))
+                       "curve": [float(v) for v in r.search.curve]}))
     record_seconds(out_path, "ml3_meta_train", time.perf_counter() - t0)
     first, last = (r.search.curve[0], r.search.curve[-1]) if r.search.curve else (float("nan"),) * 2
     say(f"{r.search.steps} meta steps (validation task loss {first:.4f} -> {last:.4f}), "

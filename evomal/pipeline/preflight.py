@@ -95,7 +95,7 @@ def refuse_conflicts(cfg: dict, names) -> None:
     from evomal.pipeline.config import ConfigError
 
     names = list(names) + [o for n in names for o in cfg["experiments"][n]["compare"] if o not in names]
-    problems = []  # MUTATION
+    problems = config_conflicts(cfg, names)
     if problems:
         raise ConfigError("\n".join(problems))
 
@@ -129,12 +129,13 @@ def start_run(workflow, cfg: dict) -> Held:
         # Snakemake's own lock files of this run (its persistence object names them)
         own = list(getattr(getattr(workflow, "persistence", None), "_lockfile", {}).values())
         held = record_lock_owner(own)
+        # cluster jobs check their own node's device
+        if getattr(workflow, "local_exec", True) and (problem := device_problem(cfg)):
+            raise Refused(problem)
         names = experiments_written(workflow, cfg)
         claims = claim_experiments(cfg["results_dir"], names)
         held.fds += claims.fds
-        problems = config_conflicts(cfg, names)
-        if False:  # MUTATION
-            problems.append(problem)  # cluster jobs check their own node's device
+        problems = config_conflicts(cfg, names)  # with the claims held: nobody rewrites config.yaml now
         if problems:
             raise Refused("\n".join(problems))
     except (ClaimError, Refused) as exc:

@@ -6,7 +6,7 @@ damaged or missing one is deleted and its shard's compile, optimize and evaluate
 into scratch manifests: they reuse every intact file by its fingerprint and recompute the deleted ones,
 to the same values (the stages are deterministic), so nothing downstream of the generation is stale and
 nothing downstream runs again. The job then records the digest of every candidate file in
-``checked.json``; the quick check at the next DAG build compares against them.
+``checks/gen_<g>.json``; the quick check at the next DAG build compares against them.
 
 A damaged rule output (population.json, filter.json, fitness.tsv, archive.json) cannot be recomputed
 here without making everything after it stale: the job fails naming it and the command that repairs it.
@@ -21,7 +21,7 @@ from evomal.core import files
 from evomal.core.files import record_seconds
 from evomal.core.joblog import JobLog
 from evomal.pipeline.check import check_generation, digests
-from evomal.pipeline.contract import FILTER, active_shards
+from evomal.pipeline.contract import ARCHIVE, FILTER, active_shards, generation_dir
 
 
 def _repair_candidates(gen_dir: Path, filter_doc: dict, damaged: list, *, exp: dict, device: str,
@@ -42,13 +42,16 @@ def _repair_candidates(gen_dir: Path, filter_doc: dict, damaged: list, *, exp: d
                            threads=threads, archive=archive)
 
 
-def check_generation_job(filter_path, table_path, out_path, *, exp: dict, device: str = "cpu", archive=None,
+def check_generation_job(filter_path, table_path, out_path, *, exp: dict, device: str = "cpu",
                          log: str | None = None, threads: int = 1) -> list[str]:
-    """Verify the generation of ``filter_path``, repair its candidate files, write ``checked.json``.
-    Returns the repaired files. ``archive``: the previous generation's archive.json when early stopping
-    is on (what the evaluate stage compares with)."""
+    """Verify the generation of ``filter_path``, repair its candidate files, write the check record.
+    Returns the repaired files."""
     t0 = time.perf_counter()
     gen_dir = Path(filter_path).parent
+    g = int(gen_dir.name.split("_")[-1])
+    # what the evaluate stage compares with under early stopping (the evaluate rule's archive input)
+    early = (exp.get("early_stop") or {}).get("enabled") and g > 0
+    archive = generation_dir(gen_dir.parent, g - 1) / ARCHIVE if early else None
     say = JobLog(log, prefix=f"check {gen_dir.name}: ")
     damage = check_generation(gen_dir, exp)
     outputs = [d for d in damage if not d.per_candidate]
@@ -68,6 +71,6 @@ def check_generation_job(filter_path, table_path, out_path, *, exp: dict, device
     repaired = [str(d.path) for d in damage]
     files.write_json(out_path, {"generation": gen_dir.name, "shards": active_shards(doc), "repaired": repaired,
                                 "digests": digests(gen_dir, doc)})
-    record_seconds(out_path, "check", time.perf_counter() - t0)
+    record_seconds(out_path, f"check_{gen_dir.name}", time.perf_counter() - t0)
     say(f"{len(digests(gen_dir, doc))} candidate files verified" + (f", {len(repaired)} recomputed" if repaired else ""))
     return repaired

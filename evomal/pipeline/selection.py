@@ -15,12 +15,9 @@ from evomal.core.files import record_seconds
 from evomal.core.joblog import JobLog
 from evomal.gp.expressions import parse
 from evomal.learning.context import TrainingSettings, use_threads
-from evomal.pipeline.contract import FINALIST_COLUMNS, candidate_dir
+from evomal.pipeline.contract import BASELINE, FINALIST_COLUMNS, candidate_dir, learned_beats_baseline
 from evomal.pipeline.faults import failpoint
 from evomal.pipeline.stage_inputs import learning_setup
-
-BASELINE = "baseline"
-
 
 def search_finalists(archive: dict, k: int) -> list[dict]:
     """The ``k`` best evaluated losses of the whole search with finite fitness, distinct expressions.
@@ -109,14 +106,7 @@ def finalists_stage(archive_path, results_dir, out_table, *, exp: dict, device: 
         say("no learned loss beats the baseline on validation; the best learned one is meta-tested anyway")
 
 
-def learned_beats_baseline(frame: pd.DataFrame) -> bool:
-    """Whether the selected finalist's mean validation metric is below the baseline's."""
-    base = frame.loc[frame["id"] == BASELINE, "validation_mean"]
-    chosen = frame.loc[frame["selected"].astype(bool), "validation_mean"]
-    return bool(len(base) and len(chosen) and float(chosen.iloc[0]) < float(base.iloc[0]))
-
-
-def _chosen_entry(archive: dict, finalists_path) -> tuple[dict, dict]:
+def chosen_entry(archive: dict, finalists_path) -> tuple[dict, dict]:
     """(archive entry, extra loss-file fields) of the loss to meta-test."""
     if finalists_path is None:
         return archive["best"], {}  # the reference's rule: the best loss file is as it was before finalists
@@ -140,7 +130,7 @@ def select_best(archive_path, results_dir, out_path, *, exp: dict, finalists=Non
     if archive.get("best") is None:
         raise RuntimeError(f"{archive_path}: no candidate of the search reached a finite fitness; "
                            "nothing to meta-test (see the generations' fitness.tsv for the reasons)")
-    best, extra = _chosen_entry(archive, finalists)
+    best, extra = chosen_entry(archive, finalists)
     cdir = candidate_dir(Path(results_dir) / f"gen_{best['generation']}", best["id"])
     kind = files.read_json(cdir / "loss.json")["kind"]
     opt = files.read_tensors(cdir / "optimized.pt")

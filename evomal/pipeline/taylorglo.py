@@ -32,21 +32,18 @@ from evomal.pipeline.stage_inputs import read_archive
 REASON = "CMA-ES sample (TaylorGLO evaluates every sample)"
 
 
-def shard_count(population: int, shards: int) -> int:
-    """Shards that receive samples (round robin): all of them are jobs."""
-    return min(population, shards)
-
-
 def individual_id(generation: int, slot: int) -> str:
     return f"g{generation}-{slot:03d}"  # as GP individuals are named (evomal.gp.operators)
 
 
-def ask_stage(out_population, out_filter, experiment: str, exp: dict, generation: int, *, shards: int,
-              state=None, log: str | None = None) -> None:
-    """Sample generation ``generation`` from the previous generation's state (None for generation 0)."""
+def ask_stage(out_population, out_filter, exp: dict, *, shards: int, state=None, log: str | None = None) -> None:
+    """Sample a generation from the previous generation's ``state`` file (None for generation 0). The
+    folders name the experiment and the generation (results/<experiment>/gen_<g>/population.json)."""
     from evomal.losses.taylor import describe
 
     t0 = time.perf_counter()
+    gen_dir = Path(out_population).absolute().parent
+    experiment, generation = gen_dir.parent.name, int(gen_dir.name.removeprefix("gen_"))
     settings = cmaes_settings(exp)
     samples = ask(None if state is None else read_state(state), settings, source=state)
     individuals, records = [], []
@@ -66,10 +63,15 @@ def ask_stage(out_population, out_filter, experiment: str, exp: dict, generation
     JobLog(log)(f"generation {generation}: {len(samples)} CMA-ES samples (sigma {settings.sigma})")
 
 
-def gather_stage(filter_path, population_path, out_table, out_archive, out_state, *, exp: dict, generation: int,
-                 prev_archive=None, prev_state=None, log: str | None = None) -> dict:
-    """Fitness table and archive of a generation, and the CMA-ES state after telling it the fitness."""
+def gather_stage(out_table, out_archive, out_state, *, exp: dict, generation: int, filter, population, shards=(),
+                 archive=None, state=None, log: str | None = None) -> dict:
+    """Fitness table and archive of a generation, and the CMA-ES state after telling it the fitness.
+
+    Inputs by the rule's names: ``filter`` and ``population`` of this generation, the evaluate ``shards``
+    (only waited for), ``archive`` and ``state`` of the previous generation (None for generation 0).
+    """
     t0 = time.perf_counter()
+    filter_path, population_path, prev_archive, prev_state = filter, population, archive, state
     doc = files.read_json(filter_path)
     gen_dir = Path(filter_path).parent
     individuals = files.read_json(population_path)["individuals"]
@@ -103,20 +105,22 @@ def gather_stage(filter_path, population_path, out_table, out_archive, out_state
     return {"generation": generation, "best": best, "sigma": state.sigma}
 
 
-def best_stage(archive_path, results_dir, out_path, *, exp: dict, finalists=None, log: str | None = None) -> None:
-    """The Taylor loss to meta-test: the selected finalist, or the best search fitness."""
+def best_stage(results_dir, out_path, *, exp: dict, archive, finalists=None, log: str | None = None) -> None:
+    """The Taylor loss to meta-test: the selected finalist (``finalists``: finalists.tsv), or the best
+    search fitness of the last generation's ``archive``."""
     from evomal.losses.families import write_document
     from evomal.losses.taylor import document
-    from evomal.pipeline.selection import _chosen_entry
+    from evomal.pipeline.selection import chosen_entry  # the selection rule EvoMAL's best loss follows
 
     t0 = time.perf_counter()
+    archive_path = archive
     archive = files.read_json(archive_path)
     if archive.get("best") is None:
         raise RuntimeError(f"{archive_path}: no sample of the CMA-ES search reached a finite fitness; "
                            "nothing to meta-test (see the generations' fitness.tsv for the reasons)")
-    best, extra = _chosen_entry(archive, finalists)
+    best, extra = chosen_entry(archive, finalists)
     cdir = candidate_dir(Path(results_dir) / f"gen_{best['generation']}", best["id"])
-    # the sample's θ as drawn (float64): there is no local search, and optimized.pt holds a float32 copy
+    # the sample's θ as drawn: there is no local search (optimized.pt holds the same values)
     cand = files.read_json(cdir / "loss.json")
     kind, theta = cand["kind"], cand["weights"]
     failpoint("best")

@@ -1,7 +1,9 @@
 """Meta-testing (DESIGN §1.7): learned losses against the baseline from scratch, and transfer."""
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 
 import pandas as pd
 
@@ -60,7 +62,10 @@ def _run_meta_test(target: str, dataset, model, losses_by_path: dict, *, exp: di
 
 
 def _target_name(dataset, model) -> str:
-    return f"{component(dataset)[0]}/{component(model)[0]}"
+    name, options = component(dataset)
+    if name == "table" and options.get("path"):  # two tables must not share a name: use the file's
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(str(options["path"])).name)
+    return f"{name}/{component(model)[0]}"
 
 
 def meta_test_stage(loss_paths: dict, out_table, out_summary, out_curves, *, exp: dict, device: str = "cpu",

@@ -2,14 +2,6 @@
 # learning-rate sensitivity, loss landscapes, primitive usage of the run's searches. Each analysis is
 # switched on per experiment (`analysis.<name>.enabled`); `analysis_targets` adds its files to the
 # experiment's targets (experiment_targets in common.smk).
-from evomal.pipeline.analysis import (ANALYSIS_FILES, analysis_targets as _analysis_files, check_primitive_sources,
-                                      counts_primitives)
-
-LR_SWEEP_FILES = {k: f"{EXP_DIR}/{v}" for k, v in ANALYSIS_FILES["lr_sweep"].items()}
-LANDSCAPE_FILES = {k: f"{EXP_DIR}/{v}" for k, v in ANALYSIS_FILES["landscape"].items()}
-PRIMITIVE_FILES = {k: f"{EXP_DIR}/{v}" for k, v in ANALYSIS_FILES["primitive_stats"].items()}
-
-
 # plots and counting take seconds: never worth a cluster job
 localrules:
     plot_lr_sweep,
@@ -18,45 +10,33 @@ localrules:
     plot_primitive_stats,
 
 
-def analysis_targets(name):
-    targets = _analysis_files(f"{RESULTS}/{name}", CFG["experiments"][name])
-    if CFG["experiments"][name]["analysis"]["primitive_stats"]["enabled"]:
-        check_primitive_sources(name, primitive_sources(name))  # before any job runs
-    return targets
-
-
-def primitive_sources(name):
-    """Every GP search of the run: its best loss and its generations' fitness tables."""
-    return {other: {"best": f"{RESULTS}/{other}/best/loss.json",
-                    "tables": [gen_path(other, g, "fitness.tsv") for g in range(last_generation(other) + 1)]}
-            for other in CFG["run"] if counts_primitives(CFG["experiments"][other]["method"])}
-
-
-def primitive_inputs(wildcards):
-    sources = primitive_sources(wildcards.experiment)
-    return [path for src in sources.values() for path in [src["best"], *src["tables"]]]
-
-
 rule lr_sweep:
     input:
         unpack(learned_losses),
     output:
         table=LR_SWEEP_FILES["table"],
         summary=LR_SWEEP_FILES["summary"],
+    log:
+        f"{LOGS}/analysis/lr_sweep.log",
+    threads: 1
+    resources:
+        runtime=480,
     params:
         lr_sweep=lambda w: exp_of(w)["analysis"]["lr_sweep"],
         meta_test=lambda w: exp_of(w)["meta_test"],
         training=lambda w: exp_of(w)["training"],
-    threads: 1
-    resources:
-        runtime=480,
-    log:
-        f"{LOGS}/analysis/lr_sweep.log",
     run:
         from evomal.pipeline.analysis import lr_sweep_stage
 
-        lr_sweep_stage(dict(input.items()), output.table, output.summary, exp=exp_of(wildcards),
-                       device=CFG["device"], log=log[0], threads=threads)
+        lr_sweep_stage(
+            dict(input.items()),
+            output.table,
+            output.summary,
+            exp=exp_of(wildcards),
+            device=CFG["device"],
+            log=log[0],
+            threads=threads,
+        )
 
 
 rule plot_lr_sweep:
@@ -78,20 +58,21 @@ rule landscape:
         unpack(learned_losses),
     output:
         LANDSCAPE_FILES["data"],
+    log:
+        f"{LOGS}/analysis/landscape.log",
+    threads: 1
+    resources:
+        runtime=240,
     params:
         landscape=lambda w: exp_of(w)["analysis"]["landscape"],
         meta_test=lambda w: exp_of(w)["meta_test"],
         training=lambda w: exp_of(w)["training"],
-    threads: 1
-    resources:
-        runtime=240,
-    log:
-        f"{LOGS}/analysis/landscape.log",
     run:
         from evomal.pipeline.analysis import landscape_stage
 
-        landscape_stage(dict(input.items()), output[0], exp=exp_of(wildcards), device=CFG["device"],
-                        log=log[0], threads=threads)
+        landscape_stage(
+            dict(input.items()), output[0], exp=exp_of(wildcards), device=CFG["device"], log=log[0], threads=threads
+        )
 
 
 rule plot_landscape:

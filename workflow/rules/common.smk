@@ -2,8 +2,9 @@
 from evomal.pipeline.config import resolve_config
 from evomal.core.files import read_json
 from evomal.methods import get_method
+
 # parse-time imports stay free of torch, MLflow, SymPy and pandas (tests/test_startup.py)
-from evomal.pipeline.contract import PLOT_FILES, SUMMARY_HTML, SUMMARY_MD, active_shards
+from evomal.pipeline.contract import CMAES_STATE, PLOT_FILES, SUMMARY_HTML, SUMMARY_MD, active_shards, results_inputs
 
 CFG = resolve_config(config)
 RESULTS = CFG["results_dir"]
@@ -152,6 +153,8 @@ def report_inputs(wildcards):
         inputs["fitness_tables"] = generation_tables(wildcards)
     if searches(name):
         inputs.update(best_loss=f"{d}/best/loss.json", loss_py=f"{d}/best/loss.py")
+    if has_generations(name) and exp_of(wildcards)["selection"]["finalists"] > 0:
+        inputs["finalists"] = f"{d}/finalists.tsv"
     if has_generations(name):
         inputs.update(fitness=f"{d}/report/{PLOT_FILES['fitness']}", decisions=f"{d}/report/{PLOT_FILES['decisions']}")
     losses = learned_losses(wildcards)
@@ -162,6 +165,115 @@ def report_inputs(wildcards):
     if compared:
         inputs["compared"] = compared
     if exp_of(wildcards)["transfer"]:
-        inputs.update(transfer=f"{d}/transfer.tsv", transfer_summary=f"{d}/transfer_summary.tsv",
-                      transfer_curves=f"{d}/report/{PLOT_FILES['transfer_curves']}")
+        inputs.update(
+            transfer=f"{d}/transfer.tsv",
+            transfer_summary=f"{d}/transfer_summary.tsv",
+            transfer_curves=f"{d}/report/{PLOT_FILES['transfer_curves']}",
+        )
     return inputs
+
+
+# --------------------------------------------------------------------------- TaylorGLO (taylorglo.smk)
+def previous_cmaes_state(wildcards):
+    """Generation g is sampled only from generation g-1's CMA-ES state."""
+    g = int(wildcards.gen)
+    return {} if g == 0 else {"state": gen_path(wildcards.experiment, g - 1, CMAES_STATE)}
+
+
+def taylorglo_shards(wildcards):
+    """Every sample is evaluated, dealt round robin (ask_stage): the first min(population, shards) shards."""
+    n = min(exp_of(wildcards)["search"]["population"], CFG["shards"])
+    return [gen_path(wildcards.experiment, wildcards.gen, f"shards/evaluate_{s}.json") for s in range(n)]
+
+
+def cmaes_params(wildcards):
+    """What sampling depends on; `generations` is left out so raising it extends a finished run."""
+    exp = exp_of(wildcards)
+    return {"population": exp["search"]["population"], "taylorglo": exp["taylorglo"], "seed": exp["seed"]}
+
+
+def generation_check_inputs(wildcards):
+    """The check job's inputs (workflow/rules/check.smk); while the DAG is built, the quick check of the
+    generation's candidate files deletes its check record when one changed or vanished: the job reruns."""
+    from evomal.pipeline.check import recheck_if_damaged
+
+    for damage in recheck_if_damaged(gen_path(wildcards.experiment, wildcards.gen, "")):
+        print(f"evomal: {damage}; its check job recomputes it", file=sys.stderr)
+    return {
+        "filter": gen_path(wildcards.experiment, wildcards.gen, "filter.json"),
+        "table": gen_path(wildcards.experiment, wildcards.gen, "fitness.tsv"),
+    }
+
+
+def contract_targets(name):
+    """The files of an experiment's contract made by the workflow, as targets, so that a deleted one is
+    made again (Snakemake does not remake a missing intermediate file whose consumers are up to date)."""
+    from types import SimpleNamespace
+
+    targets = []
+    if has_generations(name):
+        for g in range(last_generation(name) + 1):
+            targets += [gen_path(name, g, f) for f in ("population.json", "filter.json", "fitness.tsv", "archive.json")]
+            targets.append(f"{RESULTS}/{name}/checks/gen_{g}.json")
+    w = SimpleNamespace(experiment=name)
+    for group in (report_inputs(w), best_inputs(w) if searches(name) and has_generations(name) else {}):
+        for value in group.values():
+            targets += [value] if isinstance(value, str) else list(value)
+    return targets
+
+
+STAGE_OPTIONS = {"device": CFG["device"], "recompute": CFG["recompute"]}
+
+
+def early_stop_on(wildcards):
+    return exp_of(wildcards)["early_stop"]["enabled"]
+
+
+def evaluate_training_params(wildcards):
+    """Off, early stopping leaves the params of runs made before it existed (no spurious rerun)."""
+    exp = exp_of(wildcards)
+    return {**exp["training"], "early_stop": exp["early_stop"]} if early_stop_on(wildcards) else exp["training"]
+
+
+# --------------------------------------------------------------------------- analyses (analysis.smk)
+from evomal.pipeline.analysis import (
+    ANALYSIS_FILES,
+    analysis_targets as _analysis_files,
+    check_primitive_sources,
+    counts_primitives,
+)
+
+LR_SWEEP_FILES = {k: f"{EXP_DIR}/{v}" for k, v in ANALYSIS_FILES["lr_sweep"].items()}
+LANDSCAPE_FILES = {k: f"{EXP_DIR}/{v}" for k, v in ANALYSIS_FILES["landscape"].items()}
+PRIMITIVE_FILES = {k: f"{EXP_DIR}/{v}" for k, v in ANALYSIS_FILES["primitive_stats"].items()}
+
+
+def analysis_targets(name):
+    targets = _analysis_files(f"{RESULTS}/{name}", CFG["experiments"][name])
+    if CFG["experiments"][name]["analysis"]["primitive_stats"]["enabled"]:
+        check_primitive_sources(name, primitive_sources(name))  # before any job runs
+    return targets
+
+
+def primitive_sources(name):
+    """Every GP search of the run: its best loss and its generations' fitness tables."""
+    return {
+        other: {
+            "best": f"{RESULTS}/{other}/best/loss.json",
+            "tables": [gen_path(other, g, "fitness.tsv") for g in range(last_generation(other) + 1)],
+        }
+        for other in CFG["run"]
+        if counts_primitives(CFG["experiments"][other]["method"])
+    }
+
+
+def primitive_inputs(wildcards):
+    sources = primitive_sources(wildcards.experiment)
+    return [path for src in sources.values() for path in [src["best"], *src["tables"]]]
+
+
+def tracked_results(wildcards):
+    """Result files track_results logs: meta-test and transfer tables, the best loss, the finalists."""
+    name = wildcards.experiment
+    finalists = has_generations(name) and exp_of(wildcards)["selection"]["finalists"] > 0
+    return results_inputs(f"{RESULTS}/{name}", exp_of(wildcards), searches=searches(name), finalists=finalists)

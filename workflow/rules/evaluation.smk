@@ -12,18 +12,19 @@ rule compile:
         f"{GEN_DIR}/filter.json",
     output:
         f"{GEN_DIR}/shards/compile_{{shard}}.json",
-    params:
-        method=lambda w: exp_of(w)["method"],
+    log:
+        f"{LOGS}/gen_{{gen}}/compile_{{shard}}.log",
     threads: 1
     resources:
         runtime=10,
-    log:
-        f"{LOGS}/gen_{{gen}}/compile_{{shard}}.log",
+    params:
+        method=lambda w: exp_of(w)["method"],
     run:
         from evomal.pipeline.candidates import compile_shard
 
-        compile_shard(input[0], int(wildcards.shard), output[0], exp=exp_of(wildcards),
-                      recompute=CFG["recompute"], log=log[0])
+        compile_shard(
+            input[0], int(wildcards.shard), output[0], exp=exp_of(wildcards), recompute=CFG["recompute"], log=log[0]
+        )
 
 
 rule optimize:
@@ -32,23 +33,27 @@ rule optimize:
         compiled=f"{GEN_DIR}/shards/compile_{{shard}}.json",
     output:
         f"{GEN_DIR}/shards/optimize_{{shard}}.json",
-    params:
-        local_search=lambda w: exp_of(w)["local_search"],
-        training=lambda w: exp_of(w)["training"],
+    log:
+        f"{LOGS}/gen_{{gen}}/optimize_{{shard}}.log",
     threads: 1
     resources:
         runtime=120,
-    log:
-        f"{LOGS}/gen_{{gen}}/optimize_{{shard}}.log",
+    params:
+        local_search=lambda w: exp_of(w)["local_search"],
+        training=lambda w: exp_of(w)["training"],
     run:
         from evomal.pipeline.candidates import optimize_shard
 
-        optimize_shard(input.filter, int(wildcards.shard), output[0], exp=exp_of(wildcards),
-                       device=CFG["device"], recompute=CFG["recompute"], log=log[0], threads=threads)
-
-
-def early_stop_on(wildcards):
-    return exp_of(wildcards)["early_stop"]["enabled"]
+        optimize_shard(
+            input.filter,
+            int(wildcards.shard),
+            output[0],
+            exp=exp_of(wildcards),
+            device=CFG["device"],
+            recompute=CFG["recompute"],
+            log=log[0],
+            threads=threads,
+        )
 
 
 rule evaluate:
@@ -59,23 +64,28 @@ rule evaluate:
         optimized=f"{GEN_DIR}/shards/optimize_{{shard}}.json",
     output:
         f"{GEN_DIR}/shards/evaluate_{{shard}}.json",
-    params:
-        # off, the params are those of runs made before early stopping existed (no spurious rerun)
-        training=lambda w: {**exp_of(w)["training"], "early_stop": exp_of(w)["early_stop"]} if early_stop_on(w)
-        else exp_of(w)["training"],
-        # only a non-reference measure is a param, so runs made before it existed are not rerun
-        fitness=lambda w: {k: v for k, v in exp_of(w)["fitness"].items() if v not in (1, None)},
+    log:
+        f"{LOGS}/gen_{{gen}}/evaluate_{{shard}}.log",
     threads: 1
     resources:
         runtime=120,
-    log:
-        f"{LOGS}/gen_{{gen}}/evaluate_{{shard}}.log",
+    params:
+        training=evaluate_training_params,
+        # only a non-reference measure is a param, so runs made before it existed are not rerun
+        fitness=lambda w: {k: v for k, v in exp_of(w)["fitness"].items() if v not in (1, None)},
     run:
         from evomal.pipeline.candidates import evaluate_shard
 
-        evaluate_shard(input.filter, int(wildcards.shard), output[0], exp=exp_of(wildcards),
-                       device=CFG["device"], recompute=CFG["recompute"], log=log[0], threads=threads,
-                       archive=input.get("archive"))
+        evaluate_shard(
+            input.filter,
+            int(wildcards.shard),
+            output[0],
+            exp=exp_of(wildcards),
+            log=log[0],
+            archive=input.get("archive"),
+            threads=threads,
+            **STAGE_OPTIONS,
+        )
 
 
 rule finalists:
@@ -83,20 +93,27 @@ rule finalists:
         lambda w: gen_path(w.experiment, last_generation(w.experiment), "archive.json"),
     output:
         f"{EXP_DIR}/finalists.tsv",
+    log:
+        f"{LOGS}/finalists.log",
+    threads: 1
+    resources:
+        runtime=240,
     params:
         selection=lambda w: exp_of(w)["selection"],
         meta_test=lambda w: exp_of(w)["meta_test"],
         training=lambda w: exp_of(w)["training"],
-    threads: 1
-    resources:
-        runtime=240,
-    log:
-        f"{LOGS}/finalists.log",
     run:
         from evomal.pipeline.selection import finalists_stage
 
-        finalists_stage(input[0], f"{RESULTS}/{wildcards.experiment}", output[0], exp=exp_of(wildcards),
-                        device=CFG["device"], log=log[0], threads=threads)
+        finalists_stage(
+            input[0],
+            f"{RESULTS}/{wildcards.experiment}",
+            output[0],
+            exp=exp_of(wildcards),
+            device=CFG["device"],
+            log=log[0],
+            threads=threads,
+        )
 
 
 rule best:
@@ -104,12 +121,18 @@ rule best:
         unpack(best_inputs),
     output:
         f"{EXP_DIR}/best/loss.json",
-    params:
-        generations=lambda w: last_generation(w.experiment) + 1,
     log:
         f"{LOGS}/best.log",
+    params:
+        generations=lambda w: last_generation(w.experiment) + 1,
     run:
         from evomal.pipeline.selection import select_best
 
-        select_best(input.archive, f"{RESULTS}/{wildcards.experiment}", output[0], exp=exp_of(wildcards),
-                    finalists=input.get("finalists"), log=log[0])
+        select_best(
+            input.archive,
+            f"{RESULTS}/{wildcards.experiment}",
+            output[0],
+            exp=exp_of(wildcards),
+            finalists=input.get("finalists"),
+            log=log[0],
+        )

@@ -9,17 +9,17 @@ ruleorder: ml3_meta_train > best
 rule ml3_meta_train:
     output:
         f"{EXP_DIR}/best/loss.json",
+    log:
+        f"{LOGS}/ml3_meta_train.log",
     wildcard_constraints:
         experiment=experiments_running("meta_train"),
+    threads: 1
+    resources:
+        runtime=240,
     params:
         local_search=lambda w: exp_of(w)["local_search"],
         training=lambda w: exp_of(w)["training"],
         task=lambda w: [exp_of(w)["dataset"], exp_of(w)["model"], exp_of(w)["seed"]],
-    threads: 1
-    resources:
-        runtime=240,
-    log:
-        f"{LOGS}/ml3_meta_train.log",
     run:
         from evomal.pipeline.ml3 import meta_train_stage
 

@@ -5,6 +5,7 @@
 
 report: "../report/workflow.rst"
 
+
 from evomal.pipeline.contract import vector_path  # each plot's SVG twin, written beside its PNG
 
 
@@ -85,8 +86,9 @@ rule plot_meta_test_curves:
     run:
         from evomal.results.report import CURVE_TITLES, plot_learning_curves
 
-        plot_learning_curves(input.curves, output[0], per_seed_tsv=input.table,
-                             title=CURVE_TITLES["meta_test"], log=log[0])
+        plot_learning_curves(
+            input.curves, output[0], per_seed_tsv=input.table, title=CURVE_TITLES["meta_test"], log=log[0]
+        )
 
 
 rule plot_transfer_curves:
@@ -107,8 +109,9 @@ rule plot_transfer_curves:
     run:
         from evomal.results.report import CURVE_TITLES, plot_learning_curves
 
-        plot_learning_curves(input.curves, output[0], per_seed_tsv=input.table,
-                             title=CURVE_TITLES["transfer"], log=log[0])
+        plot_learning_curves(
+            input.curves, output[0], per_seed_tsv=input.table, title=CURVE_TITLES["transfer"], log=log[0]
+        )
 
 
 rule export_loss:
@@ -147,5 +150,6 @@ rule report:
     run:
         from evomal.results.report import write_summary_from_inputs
 
-        write_summary_from_inputs(dict(input.items()), output.md, output.html,
-                                  experiment=wildcards.experiment, log=log[0])
+        write_summary_from_inputs(
+            dict(input.items()), output.md, output.html, experiment=wildcards.experiment, log=log[0]
+        )

@@ -11,10 +11,10 @@ localrules:
 rule experiment_config:
     output:
         f"{EXP_DIR}/config.yaml",
-    params:
-        exp=exp_of,
     log:
         f"{LOGS}/config.log",
+    params:
+        exp=exp_of,
     run:
         from evomal.pipeline.population import write_experiment_config
 
@@ -26,15 +26,21 @@ rule population:
         unpack(previous_generation),
     output:
         f"{GEN_DIR}/population.json",
-    params:
-        search=search_params,
     log:
         f"{LOGS}/gen_{{gen}}/population.log",
+    params:
+        search=search_params,
     run:
         from evomal.pipeline.population import make_population
 
-        make_population(output[0], wildcards.experiment, exp_of(wildcards), int(wildcards.gen), log=log[0],
-                        **dict(input.items()))
+        make_population(
+            output[0],
+            wildcards.experiment,
+            exp_of(wildcards),
+            int(wildcards.gen),
+            log=log[0],
+            **dict(input.items()),
+        )
 
 
 checkpoint filter:
@@ -43,20 +49,28 @@ checkpoint filter:
         population=f"{GEN_DIR}/population.json",
     output:
         f"{GEN_DIR}/filter.json",
+    log:
+        f"{LOGS}/gen_{{gen}}/filter.log",
+    threads: 1
+    resources:
+        runtime=30,
     params:
         filters=lambda w: exp_of(w)["filters"],
         task=lambda w: [exp_of(w)["dataset"], exp_of(w)["model"], exp_of(w)["training"]["lr"]],
         shards=CFG["shards"],
-    threads: 1
-    resources:
-        runtime=30,
-    log:
-        f"{LOGS}/gen_{{gen}}/filter.log",
     run:
         from evomal.pipeline.filtering import filter_population
 
-        filter_population(input.population, output[0], exp=exp_of(wildcards), shards=CFG["shards"],
-                          device=CFG["device"], prev_archive=input.get("archive"), log=log[0], threads=threads)
+        filter_population(
+            input.population,
+            output[0],
+            exp=exp_of(wildcards),
+            shards=CFG["shards"],
+            device=CFG["device"],
+            prev_archive=input.get("archive"),
+            log=log[0],
+            threads=threads,
+        )
 
 
 rule gather:
@@ -73,5 +87,13 @@ rule gather:
     run:
         from evomal.pipeline.gathering import gather_generation
 
-        gather_generation(input.filter, input.population, output.table, output.archive, generation=int(wildcards.gen),
-                          generations=generations(wildcards), prev_archive=input.get("archive"), log=log[0])
+        gather_generation(
+            input.filter,
+            input.population,
+            output.table,
+            output.archive,
+            generation=int(wildcards.gen),
+            generations=generations(wildcards),
+            prev_archive=input.get("archive"),
+            log=log[0],
+        )

@@ -5,7 +5,6 @@
 # (taylorglo_ask), gathering (taylorglo_gather) and the best-loss file (taylorglo_best): they match only
 # experiments whose method runs the cmaes_search stage group, and ruleorder makes them win where a GP
 # rule could make the same file.
-from evomal.pipeline.contract import CMAES_STATE
 
 
 # sampling and bookkeeping take milliseconds: never worth a cluster job
@@ -21,42 +20,23 @@ ruleorder: taylorglo_gather > gather
 ruleorder: taylorglo_best > best
 
 
-def previous_cmaes_state(wildcards):
-    """Generation g is sampled only from generation g-1's CMA-ES state."""
-    g = int(wildcards.gen)
-    return {} if g == 0 else {"state": gen_path(wildcards.experiment, g - 1, CMAES_STATE)}
-
-
-def taylorglo_shards(wildcards):
-    """Every sample is evaluated, dealt round robin (ask_stage): the first min(population, shards) shards."""
-    n = min(exp_of(wildcards)["search"]["population"], CFG["shards"])
-    return [gen_path(wildcards.experiment, wildcards.gen, f"shards/evaluate_{s}.json") for s in range(n)]
-
-
-def cmaes_params(wildcards):
-    """What sampling depends on; `generations` is left out so raising it extends a finished run."""
-    exp = exp_of(wildcards)
-    return {"population": exp["search"]["population"], "taylorglo": exp["taylorglo"], "seed": exp["seed"]}
-
-
 rule taylorglo_ask:
     input:
         unpack(previous_cmaes_state),
     output:
         population=f"{GEN_DIR}/population.json",
         filter=f"{GEN_DIR}/filter.json",
+    log:
+        f"{LOGS}/gen_{{gen}}/population.log",
     wildcard_constraints:
         experiment=experiments_running("cmaes_search"),
     params:
         cmaes=cmaes_params,
         shards=CFG["shards"],
-    log:
-        f"{LOGS}/gen_{{gen}}/population.log",
     run:
         from evomal.pipeline.taylorglo import ask_stage
 
-        ask_stage(output.population, output.filter, wildcards.experiment, exp_of(wildcards), int(wildcards.gen),
-                  shards=CFG["shards"], state=input.get("state"), log=log[0])
+        ask_stage(*output, exp_of(wildcards), shards=CFG["shards"], log=log[0], **dict(input.items()))
 
 
 rule taylorglo_gather:
@@ -70,16 +50,16 @@ rule taylorglo_gather:
         table=f"{GEN_DIR}/fitness.tsv",
         archive=f"{GEN_DIR}/archive.json",
         state=f"{GEN_DIR}/{CMAES_STATE}",
-    wildcard_constraints:
-        experiment=experiments_running("cmaes_search"),
     log:
         f"{LOGS}/gen_{{gen}}/gather.log",
+    wildcard_constraints:
+        experiment=experiments_running("cmaes_search"),
     run:
         from evomal.pipeline.taylorglo import gather_stage
 
-        gather_stage(input.filter, input.population, output.table, output.archive, output.state,
-                     exp=exp_of(wildcards), generation=int(wildcards.gen), prev_archive=input.get("archive"),
-                     prev_state=input.get("state"), log=log[0])
+        gather_stage(
+            *output, exp=exp_of(wildcards), generation=int(wildcards.gen), log=log[0], **dict(input.items())
+        )
 
 
 rule taylorglo_best:
@@ -87,14 +67,15 @@ rule taylorglo_best:
         unpack(best_inputs),
     output:
         f"{EXP_DIR}/best/loss.json",
+    log:
+        f"{LOGS}/best.log",
     wildcard_constraints:
         experiment=experiments_running("cmaes_search"),
     params:
         generations=lambda w: last_generation(w.experiment) + 1,
-    log:
-        f"{LOGS}/best.log",
     run:
         from evomal.pipeline.taylorglo import best_stage
 
-        best_stage(input.archive, f"{RESULTS}/{wildcards.experiment}", output[0], exp=exp_of(wildcards),
-                   finalists=input.get("finalists"), log=log[0])
+        best_stage(
+            f"{RESULTS}/{wildcards.experiment}", output[0], exp=exp_of(wildcards), log=log[0], **dict(input.items())
+        )

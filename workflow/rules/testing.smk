@@ -8,19 +8,27 @@ rule meta_test:
         table=f"{EXP_DIR}/meta_test.tsv",
         summary=f"{EXP_DIR}/meta_test_summary.tsv",
         curves=f"{EXP_DIR}/meta_test_curves.json",
-    params:
-        meta_test=lambda w: exp_of(w)["meta_test"],
-        training=lambda w: exp_of(w)["training"],
+    log:
+        f"{LOGS}/meta_test.log",
     threads: 1
     resources:
         runtime=240,
-    log:
-        f"{LOGS}/meta_test.log",
+    params:
+        meta_test=lambda w: exp_of(w)["meta_test"],
+        training=lambda w: exp_of(w)["training"],
     run:
         from evomal.pipeline.testing import meta_test_stage
 
-        meta_test_stage(dict(input.items()), output.table, output.summary, output.curves,
-                        exp=exp_of(wildcards), device=CFG["device"], log=log[0], threads=threads)
+        meta_test_stage(
+            dict(input.items()),
+            output.table,
+            output.summary,
+            output.curves,
+            exp=exp_of(wildcards),
+            device=CFG["device"],
+            log=log[0],
+            threads=threads,
+        )
 
 
 rule transfer:
@@ -30,17 +38,25 @@ rule transfer:
         table=f"{EXP_DIR}/transfer.tsv",
         summary=f"{EXP_DIR}/transfer_summary.tsv",
         curves=f"{EXP_DIR}/transfer_curves.json",
+    log:
+        f"{LOGS}/transfer.log",
+    threads: 1
+    resources:
+        runtime=240,
     params:
         transfer=lambda w: exp_of(w)["transfer"],
         meta_test=lambda w: exp_of(w)["meta_test"],
         training=lambda w: exp_of(w)["training"],
-    threads: 1
-    resources:
-        runtime=240,
-    log:
-        f"{LOGS}/transfer.log",
     run:
         from evomal.pipeline.testing import transfer_stage
 
-        transfer_stage(dict(input.items()), output.table, output.summary, output.curves,
-                       exp=exp_of(wildcards), device=CFG["device"], log=log[0], threads=threads)
+        transfer_stage(
+            dict(input.items()),
+            output.table,
+            output.summary,
+            output.curves,
+            exp=exp_of(wildcards),
+            device=CFG["device"],
+            log=log[0],
+            threads=threads,
+        )

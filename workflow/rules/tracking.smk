@@ -9,7 +9,6 @@
 # re-runs it and, through run.json, every tracking job (the new backend gets the whole search). A config
 # change must not re-track finished generations (raising `generations` extends a run), so the config
 # is handed to the functions as an argument, not as a param or an input.
-from evomal.pipeline.contract import results_inputs
 
 
 localrules:
@@ -21,17 +20,23 @@ localrules:
 rule tracking_init:
     output:
         f"{EXP_DIR}/tracking/run.json",
-    params:
-        uri=CFG["tracking_uri"],
-    resources:
-        mlflow=1,
     log:
         f"{LOGS}/tracking/init.log",
+    resources:
+        mlflow=1,
+    params:
+        uri=CFG["tracking_uri"],
     run:
         from evomal.results.tracking import experiment_record, init_tracking
 
-        init_tracking(params.uri, wildcards.experiment, f"{RESULTS}/{wildcards.experiment}",
-                      config=experiment_record(CFG, wildcards.experiment), out=output[0], log=log[0])
+        init_tracking(
+            params.uri,
+            wildcards.experiment,
+            f"{RESULTS}/{wildcards.experiment}",
+            config=experiment_record(CFG, wildcards.experiment),
+            out=output[0],
+            log=log[0],
+        )
 
 
 rule track:
@@ -43,34 +48,46 @@ rule track:
         run=f"{EXP_DIR}/tracking/run.json",
     output:
         f"{GEN_DIR}/tracked.json",
-    params:
-        uri=CFG["tracking_uri"],
-    resources:
-        mlflow=1,
     log:
         f"{LOGS}/tracking/gen_{{gen}}.log",
+    resources:
+        mlflow=1,
+    params:
+        uri=CFG["tracking_uri"],
     run:
         from evomal.results.tracking import track_generation
 
-        track_generation(params.uri, wildcards.experiment, f"{RESULTS}/{wildcards.experiment}",
-                         int(wildcards.gen), out=output[0], log=log[0])
+        track_generation(
+            params.uri,
+            wildcards.experiment,
+            f"{RESULTS}/{wildcards.experiment}",
+            int(wildcards.gen),
+            out=output[0],
+            log=log[0],
+        )
 
 
 rule track_results:
     input:
         # meta-test tables, transfer tables if the experiment has targets, the best loss of a search
-        unpack(lambda w: results_inputs(f"{RESULTS}/{w.experiment}", exp_of(w), searches=searches(w.experiment))),
+        unpack(tracked_results),
         run=f"{EXP_DIR}/tracking/run.json",
     output:
         f"{EXP_DIR}/tracking/results.json",
-    params:
-        uri=CFG["tracking_uri"],
-    resources:
-        mlflow=1,
     log:
         f"{LOGS}/tracking/results.log",
+    resources:
+        mlflow=1,
+    params:
+        uri=CFG["tracking_uri"],
     run:
         from evomal.results.tracking import experiment_record, track_results
 
-        track_results(params.uri, wildcards.experiment, f"{RESULTS}/{wildcards.experiment}",
-                      config=experiment_record(CFG, wildcards.experiment), out=output[0], log=log[0])
+        track_results(
+            params.uri,
+            wildcards.experiment,
+            f"{RESULTS}/{wildcards.experiment}",
+            config=experiment_record(CFG, wildcards.experiment),
+            out=output[0],
+            log=log[0],
+        )

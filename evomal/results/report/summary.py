@@ -14,6 +14,7 @@ import pandas as pd
 
 from evomal.core import files
 from evomal.core.joblog import JobLog
+from evomal.results.report.finalists import finalists_sentence, finalists_view
 from evomal.methods.registry import method_searches
 # the report's file names live with the file contract: the Snakefile reads them at parse time
 from evomal.pipeline.contract import PLOT_FILES, SUMMARY_HTML, SUMMARY_MD  # noqa: F401  (re-exported)
@@ -57,7 +58,7 @@ def _rel(path, start_dir) -> str:
 def summary_blocks(*, experiment: str, out_dir, config: dict | None = None, generations: pd.DataFrame | None = None,
                    best_loss: dict | None = None, loss_py=None, meta_test=None, meta_test_summary=None,
                    transfer=None, transfer_summary=None, plots: dict | None = None,
-                   compared: dict | None = None) -> list[Block]:
+                   compared: dict | None = None, finalists=None) -> list[Block]:
     """The summary's content; paths (``loss_py``, tables, ``plots``) are linked relative to ``out_dir``.
 
     ``compared``: label -> loss document of the other experiments' learned losses in this meta-test.
@@ -105,6 +106,15 @@ def summary_blocks(*, experiment: str, out_dir, config: dict | None = None, gene
                                      "effective step size), so train with the same settings."))
         if loss_py is not None:
             blocks.append(Block("list", [("Standalone PyTorch source (needs only torch): ", _rel(loss_py, out_dir))]))
+
+    if finalists is not None:
+        frame = files.read_tsv(finalists)
+        blocks.append(Block("h2", "Finalists"))
+        blocks.append(Block("p", finalists_sentence(frame)))
+        blocks.append(Block("p", "The best distinct losses of the search and the baseline, each trained from scratch "
+                                 "on the training split with the meta-test budget and scored on the validation split "
+                                 "(lower is better); the best learned mean was meta-tested."))
+        blocks.append(Block("table", finalists_view(frame)))
 
     if compared:
         blocks.append(Block("h2", "Compared learned losses"))
@@ -228,7 +238,7 @@ def render_html(blocks: Sequence[Block], title: str, base_dir=".") -> str:
 
 def write_summary(md_path, html_path=None, *, experiment: str, config=None, fitness_tables: Sequence = (),
                   best_loss=None, loss_py=None, meta_test=None, meta_test_summary=None, transfer=None,
-                  transfer_summary=None, plots: dict | None = None, compared: Sequence = (),
+                  transfer_summary=None, plots: dict | None = None, compared: Sequence = (), finalists=None,
                   log: str | None = None) -> list[Block]:
     """``report/summary.md`` (and its HTML twin for the Snakemake report) from the result files.
 
@@ -241,7 +251,7 @@ def write_summary(md_path, html_path=None, *, experiment: str, config=None, fitn
         generations=read_generations(fitness_tables) if fitness_tables else None,
         best_loss=files.read_json(best_loss) if best_loss is not None else None, loss_py=loss_py,
         meta_test=meta_test, meta_test_summary=meta_test_summary, transfer=transfer,
-        transfer_summary=transfer_summary, plots=plots,
+        transfer_summary=transfer_summary, plots=plots, finalists=finalists,
         compared={Path(p).parent.parent.name: files.read_json(p) for p in compared})
     files.atomic_write_bytes(md_path, render_markdown(blocks).encode())
     if html_path is not None:
@@ -254,7 +264,8 @@ def write_summary_from_inputs(inputs: dict, md_path, html_path, *, experiment: s
     """write_summary with the named inputs of the Snakemake rule (keys as in report.smk's report_inputs)."""
     t0 = time.perf_counter()
     plots = {name: inputs.get(name) for name in PLOT_FILES}
-    keys = ("config", "best_loss", "loss_py", "meta_test", "meta_test_summary", "transfer", "transfer_summary")
+    keys = ("config", "best_loss", "loss_py", "meta_test", "meta_test_summary", "transfer", "transfer_summary",
+            "finalists")
     blocks = write_summary(md_path, html_path, experiment=experiment, plots=plots,
                            fitness_tables=list(inputs.get("fitness_tables") or []),
                            compared=list(inputs.get("compared") or []), log=log,
@@ -272,7 +283,7 @@ def experiment_inputs(exp_dir: str | os.PathLike) -> dict:
             "best_loss": present("best/loss.json"), "meta_test": present("meta_test.tsv"),
             "meta_test_summary": present("meta_test_summary.tsv"), "meta_test_curves": present("meta_test_curves.json"),
             "transfer": present("transfer.tsv"), "transfer_summary": present("transfer_summary.tsv"),
-            "transfer_curves": present("transfer_curves.json")}
+            "transfer_curves": present("transfer_curves.json"), "finalists": present("finalists.tsv")}
 
 
 def build_report(exp_dir: str | os.PathLike, *, loss_paths: dict | None = None) -> dict[str, Path]:

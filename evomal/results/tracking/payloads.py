@@ -199,11 +199,6 @@ def candidate_run_name(cand_id: str, fitness: float, decision: str) -> str:
     return f"{cand_id} {fitness_text(fitness) if math.isfinite(fitness) else decision or 'inf'}"
 
 
-def candidate_description(fitness: float, decision: str, expression: str) -> str:
-    """The run's description, a wide column of the candidates view: ``0.4306 evaluate: max(f, y)``."""
-    return _clip(f"{fitness_text(fitness)} {decision}: {expression}", 1000)
-
-
 def _candidate_paths(gen_dir: Path, cand_id: str) -> tuple[Path, Path, Path]:
     cdir = candidate_dir(gen_dir, cand_id)
     return cdir / "loss.json", cdir / "fitness.json", cdir / "optimized.pt"
@@ -238,7 +233,6 @@ def candidate_payload(row: dict, frec: dict, individual: dict, gen_dir: Path, *,
         KEY_TAG: f"{experiment}/gen_{generation}/{row['id']}", LEVEL_TAG: "candidate",
         GENERATION_TAG: str(generation), "decision": _text(row["decision"]), "reason": _text(row.get("reason")),
         "reuse_of": _text(row.get("reuse_of")), "fitness": fitness_text(fitness),
-        NOTE_TAG: candidate_description(fitness, _text(row["decision"]), row["expression"]),
     }
     if frec.get("shard") is not None:
         p.tags["shard"] = str(frec["shard"])

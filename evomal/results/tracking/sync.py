@@ -236,6 +236,21 @@ def results_inputs(exp_dir: str, exp: dict) -> dict[str, str]:
     return contract.results_inputs(exp_dir, exp, searches=method_searches(exp["method"]))
 
 
+def _finalist_metrics(table) -> list[tuple[str, float, int]]:
+    """finalists/<id>/validation_mean and _std, and 1 on the selected one (finalists.tsv)."""
+    if table is None:
+        return []
+    points = []
+    for row in table.itertuples():
+        for column in ("validation_mean", "validation_std"):
+            value = _finite(getattr(row, column))
+            if value is not None:
+                points.append((f"finalists/{row.id}/{column}", value, 0))
+        if bool(row.selected):
+            points.append((f"finalists/{row.id}/selected", 1.0, 0))
+    return points
+
+
 def track_results(tracking_uri: str, experiment_name: str, exp_dir: str | Path, *, config: dict | None = None,
                   out: str | Path | None = None, log: str | None = None) -> dict:
     """Log meta-test and transfer results (per seed and method, and summaries) and the best loss on
@@ -246,11 +261,12 @@ def track_results(tracking_uri: str, experiment_name: str, exp_dir: str | Path, 
     uri = resolve_uri(tracking_uri)
     exp_dir = Path(exp_dir)
     tables = {name: exp_dir / name for name in ("meta_test.tsv", "meta_test_summary.tsv", "transfer.tsv",
-                                                "transfer_summary.tsv") if (exp_dir / name).exists()}
+                                                "transfer_summary.tsv", "finalists.tsv") if (exp_dir / name).exists()}
     points = []
     for prefix in ("meta_test", "transfer"):
         points += _results_metrics(_read_optional_tsv(exp_dir / f"{prefix}.tsv"),
                                    _read_optional_tsv(exp_dir / f"{prefix}_summary.tsv"), prefix)
+    points += _finalist_metrics(_read_optional_tsv(exp_dir / "finalists.tsv"))
     points += [(k, v, 0) for k, v in stage_seconds(exp_dir).items()]
     best_path = exp_dir / "best" / "loss.json"
     tags = _best_loss_tags(best_path) if best_path.exists() else {}

@@ -20,12 +20,11 @@ SHARED_VIEW_TAG = "mlflow.sharedViewState."
 #: the UI opens an experiment of this kind in its model-training layout (runs table, charts)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
-#: columns of the candidates view (MLflow's column keys; the UI groups them as attributes, params, tags)
-#: with widths in px. The description column (a wide attribute column, first after the run's duration)
-#: holds "fitness decision: expression" (payloads.candidate_description).
+#: columns of the candidates view (MLflow's column keys; the UI shows them grouped, params before tags)
+#: with widths in px. The run name already says the fitness (payloads.candidate_run_name).
 CANDIDATE_COLUMNS = {
-    "attributes.`Description`": 420, "tags.`fitness`": 90, "tags.`decision`": 150, "params.`expression`": 420,
-    "params.`key`": 260, "params.`generation`": 90, "tags.`reason`": 320,
+    "tags.`fitness`": 90, "tags.`decision`": 150, "params.`expression`": 420, "params.`key`": 260,
+    "params.`generation`": 90, "tags.`reason`": 320,
 }
 
 
