@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -194,14 +193,14 @@ def test_default_init_scale_matches_pytorch():
     assert abs(float(w.std()) - bound / 3**0.5) < 0.1 * bound
 
 
-def test_reinitialize_is_cheap_on_reference_mlp():
+def test_reinitialize_is_in_place_on_reference_mlp():
+    """Cheap by construction (no wall-clock bound): the same storage is overwritten, nothing is rebuilt."""
     net = build_model("mlp", (64,), 10)
-    reinitialize(net, 0)
-    start = time.perf_counter()
-    for seed in range(10):
-        reinitialize(net, seed)
-    per_call = (time.perf_counter() - start) / 10
-    assert per_call < 0.1  # measured ~5 ms on 2 CPU cores
+    storage = {n: p.data_ptr() for n, p in net.named_parameters()}
+    before = [p.detach().clone() for p in net.parameters()]
+    reinitialize(net, 1)
+    assert {n: p.data_ptr() for n, p in net.named_parameters()} == storage
+    assert all(not torch.equal(a, p) for a, p in zip(before, net.parameters()))
 
 
 def test_reinitialize_handles_foreign_modules():

@@ -22,8 +22,10 @@ from evomal.losses.modules import CompiledLoss
 from evomal.pipeline.config import resolve_config
 from evomal.losses.export import export_torch_source, write_torch_source
 from evomal.gp.expressions import parse
+from evomal.learning.finalists import ValidationScore
 from evomal.pipeline.contract import DECISIONS, PER_SEED_COLUMNS, TABLE_COLUMNS
 from evomal.pipeline.population import write_experiment_config
+from evomal.pipeline.selection import finalists_table
 from evomal.learning.statistics import summarize
 
 # Together these use all 12 primitives and all terminals.
@@ -90,6 +92,12 @@ def make_results(root: Path, name: str = "toy", *, kind: str = "classification",
         weights = 1.0 + 0.1 * rng.standard_normal(tree.num_edges)
         save_loss(d / "best" / "loss.json", tree, kind, weights, id="g1-0", generation=1, fitness=0.061,
                   method=method)
+        # finalists: the baseline and two losses re-scored on validation (written by the stage's own table)
+        entries = [{"id": "g1-0", "generation": 1, "expression": str(tree), "fitness": 0.061},
+                   {"id": "g0-3", "generation": 0, "expression": EXPRESSIONS[1], "fitness": 0.07}]
+        scores = [ValidationScore(n, s, float(v), None) for n, vals in
+                  (("baseline", (0.08, 0.09)), ("g1-0", (0.06, 0.07)), ("g0-3", (0.1, 0.09))) for s, v in zip((100, 101), vals)]
+        files.write_tsv(d / "finalists.tsv", finalists_table(entries, scores, [100, 101]))
     metric = "error_rate" if kind == "classification" else "mse"
     per_seed = _per_seed(f"{dataset}/mlp", metric, rng)
     files.write_tsv(d / "meta_test.tsv", per_seed)
@@ -446,6 +454,8 @@ def test_report_rules_and_snakemake_report(tmp_path):
     toy_loss = files.read_json(tmp_path / "results" / "toy" / "best" / "loss.json")
     assert "## Compared learned losses" in base_md and toy_loss["formula"].replace("*", "\\*") in base_md
     assert "## Best loss" not in base_md and "## Filter savings" not in base_md
+    toy_md = (tmp_path / "results" / "toy" / "report" / "summary.md").read_text()
+    assert "## Finalists" in toy_md and "The selected loss g1-0 beats the baseline on validation" in toy_md
     assert (tmp_path / "results" / "toy" / "best" / "loss.py").exists()
     proc = subprocess.run(snakemake[:1] + ["--report", "report.html"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)

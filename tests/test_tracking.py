@@ -504,8 +504,8 @@ def test_timing_25_candidates(gen, exp_dir, sqlite_uri, capsys):
     t2 = time.perf_counter()
     with capsys.disabled():
         print(f"\n[timing] track 25 candidates on sqlite: first {t1 - t0:.2f}s, rerun {t2 - t1:.2f}s")
-    assert first["created"] == 25 and again["unchanged"] == 25
-    assert t2 - t1 < t1 - t0
+    # the rerun's work is bounded by counts, not seconds: nothing is written again
+    assert first["created"] == 25 and again["unchanged"] == 25 and again.get("created", 0) == 0
 
 
 # --------------------------------------------------------------------------- small pieces

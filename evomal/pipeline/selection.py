@@ -121,17 +121,22 @@ def chosen_entry(archive: dict, finalists_path) -> tuple[dict, dict]:
                    "beats_baseline_on_validation": learned_beats_baseline(frame)}
 
 
-def select_best(archive_path, results_dir, out_path, *, exp: dict, finalists=None, log: str | None = None) -> None:
-    """The loss to meta-test, with its meta-learned weights: the selected finalist, or the best fitness."""
-    from evomal.losses.lossfile import save_loss
-
-    t0 = time.perf_counter()
+def selected_candidate(archive_path, results_dir, finalists=None) -> tuple[dict, dict, Path]:
+    """(archive entry, extra loss-file fields, candidate folder) of the loss to meta-test."""
     archive = files.read_json(archive_path)
     if archive.get("best") is None:
         raise RuntimeError(f"{archive_path}: no candidate of the search reached a finite fitness; "
                            "nothing to meta-test (see the generations' fitness.tsv for the reasons)")
     best, extra = chosen_entry(archive, finalists)
-    cdir = candidate_dir(Path(results_dir) / f"gen_{best['generation']}", best["id"])
+    return best, extra, candidate_dir(Path(results_dir) / f"gen_{best['generation']}", best["id"])
+
+
+def select_best(archive_path, results_dir, out_path, *, exp: dict, finalists=None, log: str | None = None) -> None:
+    """The loss to meta-test, with its meta-learned weights: the selected finalist, or the best fitness."""
+    from evomal.losses.lossfile import save_loss
+
+    t0 = time.perf_counter()
+    best, extra, cdir = selected_candidate(archive_path, results_dir, finalists)
     kind = files.read_json(cdir / "loss.json")["kind"]
     opt = files.read_tensors(cdir / "optimized.pt")
     failpoint("best")

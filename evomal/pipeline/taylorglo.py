@@ -110,16 +110,10 @@ def best_stage(results_dir, out_path, *, exp: dict, archive, finalists=None, log
     search fitness of the last generation's ``archive``."""
     from evomal.losses.families import write_document
     from evomal.losses.taylor import document
-    from evomal.pipeline.selection import chosen_entry  # the selection rule EvoMAL's best loss follows
+    from evomal.pipeline.selection import selected_candidate  # the selection rule EvoMAL's best loss follows
 
     t0 = time.perf_counter()
-    archive_path = archive
-    archive = files.read_json(archive_path)
-    if archive.get("best") is None:
-        raise RuntimeError(f"{archive_path}: no sample of the CMA-ES search reached a finite fitness; "
-                           "nothing to meta-test (see the generations' fitness.tsv for the reasons)")
-    best, extra = chosen_entry(archive, finalists)
-    cdir = candidate_dir(Path(results_dir) / f"gen_{best['generation']}", best["id"])
+    best, extra, cdir = selected_candidate(archive, results_dir, finalists)
     # the sample's θ as drawn: there is no local search (optimized.pt holds the same values)
     cand = files.read_json(cdir / "loss.json")
     kind, theta = cand["kind"], cand["weights"]

@@ -68,31 +68,35 @@ def _target_name(dataset, model) -> str:
     return f"{name}/{component(model)[0]}"
 
 
+def _write_results(stage: str, rows: list[dict], curves: dict, out_table, out_summary, out_curves,
+                   t0: float) -> None:
+    """Per-seed table, its summary (paired tests against the baseline) and the learning curves."""
+    from evomal.learning.statistics import summarize
+
+    frame = pd.DataFrame(rows, columns=PER_SEED_COLUMNS)
+    files.write_tsv(out_table, frame)
+    files.write_tsv(out_summary, summarize(frame))
+    files.write_json(out_curves, {"curves": curves})
+    record_seconds(out_table, stage, time.perf_counter() - t0)
+
+
 def meta_test_stage(loss_paths: dict, out_table, out_summary, out_curves, *, exp: dict, device: str = "cpu",
                     log: str | None = None, threads: int = 1) -> None:
     """DESIGN §1.7: learned losses (method -> best/loss.json) against the baseline, same seeds."""
     use_threads(threads)
-    from evomal.learning.statistics import summarize
-
     t0 = time.perf_counter()
     say = JobLog(log, echo=True, prefix="meta-test: ")
     dev = resolve(device)
     rows, curves = _run_meta_test(_target_name(exp["dataset"], exp["model"]), exp["dataset"], exp["model"],
                                   loss_paths, exp=exp, steps=exp["meta_test"]["steps"], device=dev, say=say)
-    frame = pd.DataFrame(rows, columns=PER_SEED_COLUMNS)
     failpoint("meta_test")
-    files.write_tsv(out_table, frame)
-    files.write_tsv(out_summary, summarize(frame))
-    files.write_json(out_curves, {"curves": curves})
-    record_seconds(out_table, "meta_test", time.perf_counter() - t0)
+    _write_results("meta_test", rows, curves, out_table, out_summary, out_curves, t0)
 
 
 def transfer_stage(loss_paths: dict, out_table, out_summary, out_curves, *, exp: dict, device: str = "cpu",
                    log: str | None = None, threads: int = 1) -> None:
     """The same losses, unchanged, train every (dataset, model) target of the config."""
     use_threads(threads)
-    from evomal.learning.statistics import summarize
-
     t0 = time.perf_counter()
     say = JobLog(log, echo=True, prefix="transfer: ")
     dev = resolve(device)
@@ -103,9 +107,5 @@ def transfer_stage(loss_paths: dict, out_table, out_summary, out_curves, *, exp:
                               steps=target.get("steps", exp["meta_test"]["steps"]), device=dev, say=say)
         rows += r
         curves.update({f"{name}/{k}": v for k, v in c.items()})
-    frame = pd.DataFrame(rows, columns=PER_SEED_COLUMNS)
     failpoint("transfer")
-    files.write_tsv(out_table, frame)
-    files.write_tsv(out_summary, summarize(frame))
-    files.write_json(out_curves, {"curves": curves})
-    record_seconds(out_table, "transfer", time.perf_counter() - t0)
+    _write_results("transfer", rows, curves, out_table, out_summary, out_curves, t0)

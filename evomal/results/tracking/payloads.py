@@ -9,7 +9,6 @@ files keep them.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import statistics
