@@ -86,6 +86,26 @@ def test_snakemakes_per_job_lines_are_hidden_only_when_rules_are_quiet():
         logger.removeHandler(handler)
 
 
+def test_a_failed_jobs_error_block_stays_visible_when_the_job_blocks_are_hidden():
+    """`--quiet rules` alone would also hide "Error in rule ..." and its log path (on SLURM the only
+    pointer to the job's log): Snakemake's own filter is relaxed, ours drops just the job blocks."""
+    from snakemake.logging import DefaultFilter, LogEvent
+    from snakemake.settings.enums import Quietness
+
+    logger = logging.getLogger("snakemake.logging")
+    handler = logging.StreamHandler()
+    handler.addFilter(DefaultFilter({Quietness.RULES}, debug_dag=False, verbose=False, dryrun=False,
+                                    printshellcmds=False))
+    logger.addHandler(handler)
+    try:
+        assert progress.quiet_scheduler(SimpleNamespace(output_settings=SimpleNamespace(quiet={Quietness.RULES})))
+        shown = [r.getMessage() for r in (_record("rule filter:", LogEvent.JOB_INFO),
+                                          _record("Error in rule filter:", LogEvent.JOB_ERROR)) if handler.filter(r)]
+        assert shown == ["Error in rule filter:"]
+    finally:
+        logger.removeHandler(handler)
+
+
 # --------------------------------------------------------------------------- the verdict
 @pytest.mark.parametrize("mean, base, p, diverged, n, word", [
     (0.05, 0.06, 0.01, 0, 5, "better than"),

@@ -98,10 +98,15 @@ SCHEDULER_LINES = ("Select jobs to execute...",)
 class _PerJobLines:
     def filter(self, record) -> bool:
         from snakemake.logging import LogEvent
+        from snakemake.settings.enums import Quietness
 
-        # "Execute N jobs...", "Finished jobid ...", "N of M steps (x%) done" (a checkpoint adds jobs,
-        # so that share even goes backwards)
-        if getattr(record, "event", None) in (LogEvent.JOB_STARTED, LogEvent.JOB_FINISHED, LogEvent.PROGRESS):
+        # the per-job blocks (what `--quiet rules` hides), "Execute N jobs...", "Finished jobid ...",
+        # "N of M steps (x%) done" (a checkpoint adds jobs, so that share even goes backwards); a failed
+        # job's "Error in rule ..." block with its log path stays (`--quiet rules` would hide it too)
+        if getattr(record, "event", None) in (LogEvent.JOB_INFO, LogEvent.GROUP_INFO, LogEvent.SHELLCMD,
+                                              LogEvent.JOB_STARTED, LogEvent.JOB_FINISHED, LogEvent.PROGRESS):
+            return False
+        if getattr(record, "quietness", None) == Quietness.RULES:
             return False
         return record.getMessage() not in SCHEDULER_LINES
 
@@ -117,9 +122,14 @@ def quiet_scheduler(workflow) -> bool:
     quiet = getattr(getattr(workflow, "output_settings", None), "quiet", None) or set()
     if Quietness.RULES not in quiet:
         return False
+    from snakemake.logging import DefaultFilter
+
     done = False
     for handler in logging.getLogger("snakemake.logging").handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            for f in handler.filters:  # Snakemake's own filter: let job errors through, _PerJobLines
+                if isinstance(f, DefaultFilter):  # drops what `rules` hid apart from them
+                    f.quiet = set(f.quiet) - {Quietness.RULES}
             handler.addFilter(_PerJobLines())
             done = True
     return done
