@@ -611,3 +611,17 @@ def test_unreachable_mirrors_raise_oserror(tmp_path, monkeypatch):
     with pytest.raises(OSError, match=r"could not download cal_housing\.tgz.*/a/cal_housing\.tgz.*/b/cal_housing"):
         load_task("california", data_dir=str(tmp_path), download=True)
     assert not any(tmp_path.iterdir())
+
+
+def test_validation_fraction_sizes_the_validation_split():
+    default = load_task("digits", seed=0)
+    larger = load_task("digits", seed=0, validation_fraction=0.25)
+    pool = len(default.y_train) + len(default.y_val)
+    assert len(larger.y_train) + len(larger.y_val) == pool and len(larger.y_test) == len(default.y_test)
+    assert len(larger.y_val) == round(0.25 * pool) and len(default.y_val) == round(0.1 * pool)
+    assert set(larger.y_val.tolist()) == set(range(10))  # stratified: every class held out
+    for bad in (0, 1, 1.5, "0.2", True):
+        with pytest.raises(ValueError, match="validation_fraction"):
+            load_task("digits", seed=0, validation_fraction=bad)
+    with pytest.raises(ValueError, match="regression sets split 60/20/20"):
+        load_task("diabetes", seed=0, validation_fraction=0.3)

@@ -136,6 +136,15 @@ def test_the_default_fitness_measure_is_the_reference():
     assert m.is_reference and m.eval_every_for(500) is None and m.seeds_for(4) == [4]
 
 
+def test_only_a_non_reference_fitness_measure_reaches_params_and_fingerprints():
+    from evomal.learning.fitness_measure import non_reference
+
+    assert non_reference({"average_last": 1, "seeds": 1, "eval_every": None}) == {}
+    # eval_every 1 is not the default (null): changing it must rerun the evaluate jobs
+    assert non_reference({"average_last": 3, "seeds": 1, "eval_every": 1}) == {"average_last": 3, "eval_every": 1}
+    assert not FitnessMeasure(eval_every=1).is_reference
+
+
 def test_fitness_averages_the_last_points_over_seeds():
     m = FitnessMeasure(average_last=2, seeds=2)
     assert m.eval_every_for(500) == 50

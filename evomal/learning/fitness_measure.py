@@ -6,10 +6,19 @@ better. The defaults (one point, one seed) reproduce the reference exactly.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
-from evomal.learning.devices import derive_seed
+#: the reference's measure (the schema's defaults of the `fitness` block)
+REFERENCE = {"average_last": 1, "seeds": 1, "eval_every": None}
+
+
+def non_reference(cfg: dict | None) -> dict:
+    """The keys of a `fitness` block that differ from the reference: what a rerun must depend on (empty
+    for the reference, so runs made before the measure was configurable keep their params and
+    fingerprints). Torch-free: the Snakefile calls it at parse time."""
+    return {k: v for k, v in (cfg or {}).items() if REFERENCE.get(k, object()) != v}
 
 
 @dataclass(frozen=True)
@@ -25,7 +34,7 @@ class FitnessMeasure:
 
     @property
     def is_reference(self) -> bool:
-        return self.average_last == 1 and self.seeds == 1 and self.eval_every is None
+        return not non_reference(dataclasses.asdict(self))
 
     def eval_every_for(self, steps: int) -> int | None:
         """Steps between validation points: as configured, else a tenth of the run when averaging."""
@@ -35,6 +44,8 @@ class FitnessMeasure:
 
     def seeds_for(self, seed: int) -> list[int]:
         """The experiment seed first (the reference's run), then seeds derived from it."""
+        from evomal.learning.devices import derive_seed
+
         return [seed] + [derive_seed(seed, "fitness", i) & 0x7FFFFFFF for i in range(1, self.seeds)]
 
     def value(self, curves: list[list[tuple[int, float, float]]]) -> float:

@@ -14,7 +14,7 @@ from evomal.core import files
 from evomal.core.files import record_seconds
 from evomal.core.joblog import JobLog
 from evomal.learning.context import load_task_for, use_threads
-from evomal.learning.fitness_measure import FitnessMeasure
+from evomal.learning.fitness_measure import FitnessMeasure, non_reference
 from evomal.methods import get_method
 from evomal.pipeline.contract import LOSS_FILE, candidate_dir, shard_members
 from evomal.pipeline.faults import failpoint
@@ -149,7 +149,8 @@ def evaluate_shard(filter_path, shard: int, manifest_path, *, exp: dict, device:
     dev, task, build, settings = learning_setup(exp, device)
     measure = FitnessMeasure.from_config(exp.get("fitness"))
     # the reference measure keeps the fingerprints of runs made before the measure was configurable
-    measure_fp = () if measure.is_reference else (exp["fitness"],)
+    changed = non_reference(exp["fitness"])
+    measure_fp = (changed,) if changed else ()
     board = early_stop_board(exp, settings.steps, archive)  # None when off: files as without the feature
 
     def work(rec, gen_dir, say):

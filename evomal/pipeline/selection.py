@@ -5,6 +5,7 @@ With ``selection.finalists: 0`` the best loss is the best search fitness, as in 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -53,10 +54,9 @@ def finalists_table(finalists: list[dict], scores, seeds) -> pd.DataFrame:
     for rank, e in enumerate([None] + finalists):
         name = BASELINE if e is None else e["id"]
         values = [by[(name, s)].metric for s in seeds]
-        finite = all(math.isfinite(v) for v in values)
-        mean = sum(values) / len(values) if finite else math.inf
-        std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-               if finite and len(values) > 1 else (0.0 if finite else math.nan))
+        finite = all(math.isfinite(v) for v in values)  # a diverged seed disqualifies the finalist
+        mean = statistics.fmean(values) if finite else math.inf
+        std = (statistics.stdev(values) if len(values) > 1 else 0.0) if finite else math.nan
         reasons = sorted({by[(name, s)].reason for s in seeds if by[(name, s)].reason})
         rows.append({"rank": rank, "id": name, "generation": "" if e is None else e["generation"],
                      "expression": "" if e is None else e["expression"],

@@ -1,6 +1,7 @@
 # Config resolution, paths and input functions shared by the stage rules.
 from evomal.pipeline.config import resolve_config
 from evomal.core.files import read_json
+from evomal.learning.fitness_measure import non_reference
 from evomal.methods import get_method
 
 # parse-time imports stay free of torch, MLflow, SymPy and pandas (tests/test_startup.py)

@@ -72,7 +72,7 @@ rule evaluate:
     params:
         training=evaluate_training_params,
         # only a non-reference measure is a param, so runs made before it existed are not rerun
-        fitness=lambda w: {k: v for k, v in exp_of(w)["fitness"].items() if v not in (1, None)},
+        fitness=lambda w: non_reference(exp_of(w)["fitness"]),
     run:
         from evomal.pipeline.candidates import evaluate_shard
 

@@ -20,7 +20,7 @@ def finalists_view(finalists: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "finalist": finalists["id"],
         "expression": [e if isinstance(e, str) and e else "(the task's own loss)" for e in finalists["expression"]],
-        "search fitness": [_fmt(v) if v == v else "-" for v in finalists["search_fitness"].astype(float)],
+        "search fitness": [_fmt(v) if pd.notna(v) else "-" for v in finalists["search_fitness"]],
         f"validation (mean ± std, {len(seeds)} seeds)": [_mean_std(r) for _, r in finalists.iterrows()],
         "selected": ["yes" if s else "" for s in finalists["selected"].astype(bool)],
     })
