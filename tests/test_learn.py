@@ -16,11 +16,11 @@ from evomal.learning.training import (
     differentiable_sgd,
     fitness,
     meta_objective,
-    meta_test,
     metric,
     train,
     unrolled_local_search,
 )
+from evomal.learning.meta_testing import meta_test
 from evomal.tasks.models import build_model, reinitialize
 
 CE = "mul(-1, mul(y, log(f)))"

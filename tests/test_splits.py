@@ -22,7 +22,8 @@ import torch
 from evomal.gp.expressions import parse
 from evomal.learning.devices import derive_seed
 from evomal.learning.filters import rejection_test
-from evomal.learning.training import fitness, meta_test, metric, unrolled_local_search
+from evomal.learning.meta_testing import meta_test
+from evomal.learning.training import fitness, metric, unrolled_local_search
 from evomal.losses.modules import CompiledLoss, baseline_loss
 from evomal.tasks.models import build_model, reinitialize
 

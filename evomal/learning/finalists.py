@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Mapping
 
 from torch import nn
 
-from evomal.learning.training import train
+from evomal.learning.meta_testing import train_each
 
 
 @dataclass(frozen=True)
@@ -29,16 +29,18 @@ class ValidationScore:
 def score_on_validation(losses: Mapping[str, Callable], task, build: Callable[[int], nn.Module], *,
                         seeds: Iterable[int], steps: int, lr: float, momentum: float = 0.0,
                         nesterov: bool = False, weight_decay: float = 0.0, batch_size: int = 128,
-                        milestones: Iterable[int] = (), gamma: float = 0.1) -> list[ValidationScore]:
-    """Every loss trains ``build(seed)`` with the same seed, settings and batch order as the others."""
+                        milestones: Iterable[int] = (), gamma: float = 0.1,
+                        batched: bool = False) -> list[ValidationScore]:
+    """Every loss trains ``build(seed)`` with the same seed, settings and batch order as the others
+    (as one stacked group per seed when ``batched``, evomal.learning.batched)."""
     scores = []
     milestones = tuple(m for m in milestones if m < steps)
     for seed in seeds:
-        for name, loss in losses.items():
-            r = train(build(seed), loss, task, steps=steps, lr=lr, momentum=momentum, nesterov=nesterov,
-                      weight_decay=weight_decay, batch_size=batch_size, seed=seed, milestones=milestones,
-                      gamma=gamma, eval_every=None)
-            # train() scores the validation split after its last step
+        runs = train_each(losses, task, build, seed=seed, batched=batched, steps=steps, lr=lr, momentum=momentum,
+                          nesterov=nesterov, weight_decay=weight_decay, batch_size=batch_size,
+                          milestones=milestones, gamma=gamma, eval_every=None)
+        for name, (r, _) in runs.items():
+            # training scores the validation split after its last step
             value = math.inf if r.reason is not None else float(r.curve[-1][2])
             scores.append(ValidationScore(name, int(seed), value, r.reason))
     return scores

@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from torch import nn
 
-from evomal.learning.training import meta_test
+from evomal.learning.meta_testing import meta_test
 
 
 @dataclass(frozen=True)

@@ -237,8 +237,12 @@ def fitness(loss, task, model: nn.Module, *, steps: int = 500, lr: float, moment
 # --------------------------------------------------------------------------- local search
 def differentiable_sgd(model: nn.Module, params: dict[str, Tensor], batches: Sequence[tuple[Tensor, Tensor]],
                        loss_of: Callable[[Tensor, Tensor], Tensor], *, lr: float, momentum: float = 0.0,
-                       nesterov: bool = False, weight_decay: float = 0.0) -> dict[str, Tensor]:
+                       nesterov: bool = False, weight_decay: float = 0.0,
+                       forward: Callable[[dict[str, Tensor], Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """SGD steps (one per batch) as a differentiable function of ``params`` and of the loss's inputs.
+
+    ``forward(params, x)`` runs the network (default ``functional_call(model, params, (x,))``; the
+    batched search passes a stacked one, evomal.learning.batched).
 
     Under ``torch.no_grad`` it computes the same values without building the outer graph.
     The update is ``torch.optim.SGD``'s with dampening 0: g += wd * p; buf = g (first step) or
@@ -252,7 +256,9 @@ def differentiable_sgd(model: nn.Module, params: dict[str, Tensor], batches: Seq
         with torch.enable_grad():  # the inner gradient is part of the function, even under no_grad
             if not differentiable:  # plain values: each step needs its own leaves
                 values = [v.detach().requires_grad_(True) for v in values]
-            loss = loss_of(functional_call(model, dict(zip(names, values)), (xb,)), yb)
+            current = dict(zip(names, values))
+            out = functional_call(model, current, (xb,)) if forward is None else forward(current, xb)
+            loss = loss_of(out, yb)
             if loss.requires_grad:
                 grads = torch.autograd.grad(loss, values, create_graph=differentiable, allow_unused=True)
             else:
@@ -380,44 +386,3 @@ def unrolled_local_search(loss: CompiledLoss, task, model: nn.Module, *, steps: 
         model.train(was_training)
     return LocalSearchResult(weights.detach().clone(), curve, time.perf_counter() - t0, status, reason,
                              len(curve))
-
-
-# --------------------------------------------------------------------------- meta-testing
-@dataclass
-class MetaTestResult:
-    """One method trained from one seed; ``test_metric`` is inf when training diverged."""
-
-    method: str
-    seed: int
-    test_metric: float
-    curve: list[tuple[int, float, float]] = field(default_factory=list)
-    seconds: float = 0.0
-    diverged: bool = False
-    reason: str | None = None
-
-
-def meta_test(losses: Mapping[str, Callable], task, build: Callable[[int], nn.Module], *, seeds: Iterable[int],
-              steps: int, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
-              batch_size: int = 128, milestones: Iterable[int] = (), gamma: float = 0.1,
-              eval_every: int | None = None,
-              on_result: Callable[[MetaTestResult], None] | None = None) -> list[MetaTestResult]:
-    """DESIGN §1.7: every method trains ``build(seed)`` with the same seed, settings and batch order.
-
-    ``on_result`` is called with each result as soon as its run ends (progress for people).
-    """
-    results = []
-    milestones = tuple(milestones)
-    for seed in seeds:
-        for method, loss in losses.items():
-            t0 = time.perf_counter()
-            model = build(seed)
-            r = train(model, loss, task, steps=steps, lr=lr, momentum=momentum, nesterov=nesterov,
-                      weight_decay=weight_decay, batch_size=batch_size, seed=seed, milestones=milestones,
-                      gamma=gamma, eval_every=eval_every)
-            x_test, y_test = _split(task, "test")
-            test = math.inf if r.reason is not None else metric(model, x_test, y_test, task.kind)
-            results.append(MetaTestResult(method, seed, test, r.curve, time.perf_counter() - t0,
-                                          r.diverged, r.reason))
-            if on_result is not None:
-                on_result(results[-1])
-    return results

@@ -25,7 +25,7 @@ from evomal.pipeline.contract import ARCHIVE, FILTER, active_shards, generation_
 
 
 def _repair_candidates(gen_dir: Path, filter_doc: dict, damaged: list, *, exp: dict, device: str,
-                       archive, threads: int) -> None:
+                       archive, threads: int, batching: str) -> None:
     from evomal.pipeline.candidates import compile_shard, evaluate_shard, optimize_shard
 
     shard_of = {c["id"]: c["shard"] for c in filter_doc["candidates"] if c["decision"] == "evaluate"}
@@ -37,13 +37,13 @@ def _repair_candidates(gen_dir: Path, filter_doc: dict, damaged: list, *, exp: d
         for s in shards:  # the stages' own shard functions, in their order; manifests go to scratch
             compile_shard(filter_path, s, Path(scratch) / f"compile_{s}.json", exp=exp)
             optimize_shard(filter_path, s, Path(scratch) / f"optimize_{s}.json", exp=exp, device=device,
-                           threads=threads)
+                           threads=threads, batching=batching)
             evaluate_shard(filter_path, s, Path(scratch) / f"evaluate_{s}.json", exp=exp, device=device,
-                           threads=threads, archive=archive)
+                           threads=threads, archive=archive, batching=batching)
 
 
 def check_generation_job(filter_path, table_path, out_path, *, exp: dict, device: str = "cpu",
-                         log: str | None = None, threads: int = 1) -> list[str]:
+                         log: str | None = None, threads: int = 1, batching: str = "off") -> list[str]:
     """Verify the generation of ``filter_path``, repair its candidate files, write the check record.
     Returns the repaired files."""
     t0 = time.perf_counter()
@@ -62,7 +62,8 @@ def check_generation_job(filter_path, table_path, out_path, *, exp: dict, device
     if damage:
         for d in damage:
             say(f"{d}: recomputing it", echo=True)
-        _repair_candidates(gen_dir, doc, damage, exp=exp, device=device, archive=archive, threads=threads)
+        _repair_candidates(gen_dir, doc, damage, exp=exp, device=device, archive=archive, threads=threads,
+                           batching=batching)
         left = check_generation(gen_dir, exp)
         if left:  # e.g. a recomputed fitness that differs from fitness.tsv: not reproducible here
             raise files.ResultFileError(

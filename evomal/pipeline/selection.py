@@ -74,9 +74,10 @@ def finalists_table(finalists: list[dict], scores, seeds) -> pd.DataFrame:
 
 
 def finalists_stage(archive_path, results_dir, out_table, *, exp: dict, device: str = "cpu",
-                    log: str | None = None, threads: int = 1) -> None:
+                    log: str | None = None, threads: int = 1, batching: str = "off") -> None:
     """Train the finalists and the baseline from scratch over the validation seeds; write finalists.tsv."""
     use_threads(threads)
+    from evomal.learning.batched import use_batching
     from evomal.learning.finalists import score_on_validation
     from evomal.losses.modules import baseline_loss
 
@@ -94,7 +95,8 @@ def finalists_stage(archive_path, results_dir, out_table, *, exp: dict, device: 
     losses.update({e["id"]: _candidate_loss(results_dir, e, dev) for e in finalists})
     steps = sel["steps"] or mt["steps"]
     scores = score_on_validation(losses, task, build, seeds=sel["seeds"], steps=steps,
-                                 milestones=mt["milestones"], gamma=mt["gamma"], **settings.optimizer_kwargs())
+                                 milestones=mt["milestones"], gamma=mt["gamma"],
+                                 batched=use_batching(batching, build(0), dev), **settings.optimizer_kwargs())
     frame = finalists_table(finalists, scores, sel["seeds"])
     failpoint("finalists")
     files.write_tsv(out_table, frame)

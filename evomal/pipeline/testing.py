@@ -34,8 +34,9 @@ def _test_losses(loss_paths: dict, kind: str, device, references=()) -> dict:
 
 
 def _run_meta_test(target: str, dataset, model, losses_by_path: dict, *, exp: dict, steps: int, device,
-                   say) -> tuple[list[dict], dict]:
-    from evomal.learning.training import meta_test
+                   say, batching: str = "off") -> tuple[list[dict], dict]:
+    from evomal.learning.batched import use_batching
+    from evomal.learning.meta_testing import meta_test
 
     task = load_task_for(dataset, seed=exp["seed"], device=device)
     build = model_factory(model, task, device)
@@ -52,6 +53,7 @@ def _run_meta_test(target: str, dataset, model, losses_by_path: dict, *, exp: di
 
     results = meta_test(losses, task, build, seeds=mt["seeds"], steps=steps, milestones=mt["milestones"],
                         gamma=mt["gamma"], eval_every=mt["eval_every"], on_result=finished,
+                        batched=use_batching(batching, build(0), device),
                         **settings.optimizer_kwargs())
     rows, curves = [], {}
     for r in results:
@@ -81,20 +83,21 @@ def _write_results(stage: str, rows: list[dict], curves: dict, out_table, out_su
 
 
 def meta_test_stage(loss_paths: dict, out_table, out_summary, out_curves, *, exp: dict, device: str = "cpu",
-                    log: str | None = None, threads: int = 1) -> None:
+                    log: str | None = None, threads: int = 1, batching: str = "off") -> None:
     """DESIGN §1.7: learned losses (method -> best/loss.json) against the baseline, same seeds."""
     use_threads(threads)
     t0 = time.perf_counter()
     say = JobLog(log, echo=True, prefix="meta-test: ")
     dev = resolve(device)
     rows, curves = _run_meta_test(_target_name(exp["dataset"], exp["model"]), exp["dataset"], exp["model"],
-                                  loss_paths, exp=exp, steps=exp["meta_test"]["steps"], device=dev, say=say)
+                                  loss_paths, exp=exp, steps=exp["meta_test"]["steps"], device=dev, say=say,
+                                  batching=batching)
     failpoint("meta_test")
     _write_results("meta_test", rows, curves, out_table, out_summary, out_curves, t0)
 
 
 def transfer_stage(loss_paths: dict, out_table, out_summary, out_curves, *, exp: dict, device: str = "cpu",
-                   log: str | None = None, threads: int = 1) -> None:
+                   log: str | None = None, threads: int = 1, batching: str = "off") -> None:
     """The same losses, unchanged, train every (dataset, model) target of the config."""
     use_threads(threads)
     t0 = time.perf_counter()
@@ -104,7 +107,8 @@ def transfer_stage(loss_paths: dict, out_table, out_summary, out_curves, *, exp:
     for target in exp["transfer"]:
         name = _target_name(target["dataset"], target["model"])
         r, c = _run_meta_test(name, target["dataset"], target["model"], loss_paths, exp=exp,
-                              steps=target.get("steps", exp["meta_test"]["steps"]), device=dev, say=say)
+                              steps=target.get("steps", exp["meta_test"]["steps"]), device=dev, say=say,
+                              batching=batching)
         rows += r
         curves.update({f"{name}/{k}": v for k, v in c.items()})
     failpoint("transfer")

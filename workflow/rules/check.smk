@@ -24,5 +24,5 @@ rule check_generation:
         from evomal.pipeline.repair import check_generation_job
 
         check_generation_job(
-            input.filter, input.table, output[0], exp=exp_of(wildcards), device=CFG["device"], log=log[0]
+            input.filter, input.table, output[0], exp=exp_of(wildcards), log=log[0], **LEARNING_OPTIONS
         )

@@ -223,7 +223,9 @@ def contract_targets(name):
     return targets
 
 
-STAGE_OPTIONS = {"device": CFG["device"], "recompute": CFG["recompute"]}
+# where and how a learning stage computes (never what: no output depends on them beyond float rounding)
+LEARNING_OPTIONS = {"device": CFG["device"], "batching": CFG["batching"]}
+STAGE_OPTIONS = {**LEARNING_OPTIONS, "recompute": CFG["recompute"]}
 
 
 def early_stop_on(wildcards):

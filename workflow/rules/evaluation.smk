@@ -49,10 +49,9 @@ rule optimize:
             int(wildcards.shard),
             output[0],
             exp=exp_of(wildcards),
-            device=CFG["device"],
-            recompute=CFG["recompute"],
             log=log[0],
             threads=threads,
+            **STAGE_OPTIONS,
         )
 
 
@@ -95,7 +94,9 @@ rule finalists:
         f"{EXP_DIR}/finalists.tsv",
     log:
         f"{LOGS}/finalists.log",
-    threads: 1
+    # it runs alone between the search and the meta-test: a stacked group of finalists uses a second
+    # core (1.4x, docs/benchmarks.md "Batched candidates"); Snakemake gives fewer when fewer are free
+    threads: 2
     resources:
         runtime=240,
     params:
@@ -110,7 +111,7 @@ rule finalists:
             f"{RESULTS}/{wildcards.experiment}",
             output[0],
             exp=exp_of(wildcards),
-            device=CFG["device"],
+            **LEARNING_OPTIONS,
             log=log[0],
             threads=threads,
         )

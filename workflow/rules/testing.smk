@@ -25,7 +25,7 @@ rule meta_test:
             output.summary,
             output.curves,
             exp=exp_of(wildcards),
-            device=CFG["device"],
+            **LEARNING_OPTIONS,
             log=log[0],
             threads=threads,
         )
@@ -56,7 +56,7 @@ rule transfer:
             output.summary,
             output.curves,
             exp=exp_of(wildcards),
-            device=CFG["device"],
+            **LEARNING_OPTIONS,
             log=log[0],
             threads=threads,
         )
