@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import DOC, md_table, write_section  # noqa: E402
 
 from evomal.gp.expressions import parse  # noqa: E402
-from evomal.learning.batched import fitness_group, local_search_group, use_batching  # noqa: E402
+from evomal.learning.batched import AUTO_MAX_PARAMS, fitness_group, local_search_group, use_batching  # noqa: E402
 from evomal.learning.plan import LocalSearchPlan  # noqa: E402
 from evomal.learning.training import fitness, unrolled_local_search  # noqa: E402
 from evomal.losses.modules import CompiledLoss, initial_weights  # noqa: E402
@@ -138,7 +138,11 @@ def main(argv=None) -> None:
     section = (f"## {title}\n\n`{cmd}` ({time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} thread, "
                f"median of {repeats} alternating repeats, device {args.device}). One candidate per core-minute "
                "means one loss's fitness training (or local search) at the stated steps; 'both' is a whole "
-               "candidate. Measured side by side in one run.\n\n" + table + "\n")
+               "candidate. Measured side by side in one run.\n\n" + table + "\n\n"
+               "The largest difference is between the two paths' fitness (validation error rate / MSE after the "
+               "whole training: rounding, amplified by training) and their learned weights. `auto`'s threshold "
+               f"({AUTO_MAX_PARAMS:,} parameters) lies between the cases measured here; it is not tuned at its "
+               "boundary.\n")
     print(section)
     if not args.no_write:
         write_section(DOC, title, section)

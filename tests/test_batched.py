@@ -164,6 +164,7 @@ def test_batching_is_decided_by_the_network_and_the_device():
     assert use_batching("auto", small, "cpu") and not use_batching("auto", large, "cpu")
     assert use_batching("auto", large, "cuda") and use_batching("on", large, "cpu")
     assert not use_batching("off", small, "cpu")
+    assert use_batching(True, large, "cpu") and not use_batching(False, small, "cpu")  # YAML's bare on / off
     norm = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
     drop = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1))
     assert "buffers" in unbatchable_reason(norm) and "dropout" in unbatchable_reason(drop)
@@ -208,3 +209,30 @@ def test_batched_meta_test_and_finalists_equal_the_runs_one_by_one(digits):
     v_bat = score_on_validation(losses, digits, build, batched=True, **kw)
     assert [(s.name, s.seed) for s in v_seq] == [(s.name, s.seed) for s in v_bat]
     assert all(abs(a.metric - b.metric) <= 1 / len(digits.y_val) + 1e-12 for a, b in zip(v_seq, v_bat))
+
+
+def test_members_with_their_own_seeds_draw_their_own_batches(digits):
+    ce, brier = baseline_loss("classification"), _loss(LOSSES[1])
+    seeds = [0, 3, 0, 5]
+    inits = [dict(_mlp(digits, s).named_parameters()) for s in seeds]
+    members = train_group(_mlp(digits), inits, [ce, ce, brier, brier], digits, steps=40, seed=seeds, eval_every=10,
+                          **SGD)
+    for s, loss, member in zip(seeds, [ce, ce, brier, brier], members):
+        alone = train(_mlp(digits, s), loss, digits, steps=40, seed=s, eval_every=10, **SGD)
+        assert _curve_close(member.result.curve, alone.curve)
+    with pytest.raises(ValueError, match="one seed per loss"):
+        train_group(_mlp(digits), inits, [ce] * 4, digits, steps=1, seed=[0, 1], **SGD)
+
+
+def test_the_batching_key_is_checked_before_any_job_and_reads_yaml_on(tmp_path):
+    from workflow_utils import snakemake, tiny_config, write_config
+
+    bad = tiny_config()
+    bad["batching"] = "always"
+    write_config(tmp_path / "bad", bad)
+    proc = snakemake(tmp_path / "bad", "-n", check=False, timeout=300)
+    assert proc.returncode != 0 and "batching" in proc.stderr + proc.stdout
+    write_config(tmp_path / "on", tiny_config())
+    path = tmp_path / "on" / "config.yaml"
+    path.write_text(path.read_text() + "batching: on\n")  # YAML 1.1: a bare on is true
+    assert snakemake(tmp_path / "on", "-n", timeout=300).returncode == 0

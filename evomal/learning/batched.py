@@ -1,7 +1,8 @@
 """Several losses trained at once: one stacked network per group, ``torch.func.vmap`` over the members.
 
-The members of a group share the task, the settings and the seed, so they share the initial network (or
-start from their own) and the batch order; they differ only in the loss. Their parameters are stacked
+The members of a group share the task and the settings; the candidates of a job also share the seed, so
+they share the initial network and the batch order and differ only in the loss (the meta-test's runs
+differ in the seed too: each member then draws its own batches). Their parameters are stacked
 along a new first dimension and the network runs once per step for all of them (``vmap`` of
 ``functional_call``); each member's loss is applied to its own slice of the output, and the members' losses
 are summed before one backward pass. No operation mixes slices, so member k's gradient is exactly the
@@ -69,12 +70,14 @@ def groups(items: Sequence, size: int = MAX_GROUP) -> list[list]:
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
-def _stacked_forward(model: nn.Module, names: Sequence[str]) -> Callable[[Sequence[Tensor], Tensor], Tensor]:
-    """(stacked parameter values, shared input) -> stacked outputs ``[members, batch, ...]``."""
+def _stacked_forward(model: nn.Module, names: Sequence[str], *, own_inputs: bool = False
+                     ) -> Callable[[Sequence[Tensor], Tensor], Tensor]:
+    """(stacked parameter values, input) -> stacked outputs ``[members, batch, ...]``; the input is shared
+    by the members, or stacked too (``own_inputs``: each member its own batch)."""
     def one(values, x):
         return functional_call(model, dict(zip(names, values)), (x,))
 
-    return vmap(one, in_dims=(0, None))
+    return vmap(one, in_dims=(0, 0 if own_inputs else None))
 
 
 @torch.no_grad()
@@ -115,13 +118,14 @@ def _sgd(params: list[Tensor], lr: float, momentum: float, nesterov: bool, weigh
 
 def train_group(model: nn.Module, inits: Sequence[Mapping[str, Tensor]], losses: Sequence[Callable], task, *,
                 steps: int, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
-                batch_size: int = 128, seed: int = 0, milestones: Iterable[int] = (), gamma: float = 0.1,
-                eval_every: int | None = None, check_every: int = 25) -> list[GroupMember]:
-    """:func:`evomal.learning.training.train` for every ``(inits[k], losses[k])`` at once (one seed).
+                batch_size: int = 128, seed: int | Sequence[int] = 0, milestones: Iterable[int] = (),
+                gamma: float = 0.1, eval_every: int | None = None, check_every: int = 25) -> list[GroupMember]:
+    """:func:`evomal.learning.training.train` for every ``(inits[k], losses[k])`` at once.
 
     ``model`` gives the network's structure (its own parameters are not used or changed); ``inits``
-    are the members' initial parameters by name. The curves, reasons and steps are those of ``train``;
-    ``seconds`` is the group's wall time shared equally among its members.
+    are the members' initial parameters by name. ``seed`` is every member's batch seed, or one per
+    member. The curves, reasons and steps are those of ``train``; ``seconds`` is the group's wall time
+    shared equally among its members.
     """
     t0 = time.perf_counter()
     if len(inits) != len(losses) or not losses:
@@ -130,9 +134,14 @@ def train_group(model: nn.Module, inits: Sequence[Mapping[str, Tensor]], losses:
     fns = [_training_loss(fn) for fn in losses]
     x, y = _split(task, "train")
     x_val, y_val = _split(task, "val")
-    sampler = BatchSampler(x.shape[0], batch_size, derive_seed(seed, "train-batches"), x.device)
+    seeds = [int(seed)] * len(losses) if isinstance(seed, int) else [int(s) for s in seed]
+    if len(seeds) != len(losses):
+        raise ValueError(f"a group needs one seed per loss, got {len(seeds)} and {len(losses)}")
+    samplers = {s: BatchSampler(x.shape[0], batch_size, derive_seed(s, "train-batches"), x.device)
+                for s in dict.fromkeys(seeds)}
+    shared = len(samplers) == 1  # one batch for all members: the input is not stacked
     names = [n for n, _ in model.named_parameters()]
-    forward = _stacked_forward(model, names)
+    forward = _stacked_forward(model, names, own_inputs=not shared)
     params = [torch.stack([init[n].detach() for init in inits]).requires_grad_(True) for n in names]
     opt = _sgd(params, lr, momentum, nesterov, weight_decay)
     current_lr, drops = lr, Counter(int(m) for m in milestones)
@@ -168,18 +177,26 @@ def train_group(model: nn.Module, inits: Sequence[Mapping[str, Tensor]], losses:
     for step in range(1, steps + 1 if steps > 0 else 1):
         if not active:
             break
-        idx = sampler.next()
-        out = forward(params, x[idx])
-        member_losses = [fns[k](out[pos], y[idx]) for pos, k in enumerate(active)]
+        drawn = {s: sampler.next() for s, sampler in samplers.items()}  # every seed's batch, as train() draws it
+
+        def member_losses() -> list[Tensor]:
+            if shared:
+                idx = next(iter(drawn.values()))
+                out, targets = forward(params, x[idx]), [y[idx]] * len(active)
+            else:
+                idx = torch.stack([drawn[seeds[k]] for k in active])
+                out, targets = forward(params, x[idx]), y[idx]
+            return [fns[k](out[pos], targets[pos]) for pos, k in enumerate(active)]
+
+        losses_now = member_losses()
         flat = {pos: (False, "the loss does not depend on the network output; training stopped")
-                for pos, loss in enumerate(member_losses) if not loss.requires_grad}
+                for pos, loss in enumerate(losses_now) if not loss.requires_grad}
         if flat:  # as train(): such a member stops before its first update
             leave(flat, step)
             if not active:
                 break
-            out = forward(params, x[idx])
-            member_losses = [fns[k](out[pos], y[idx]) for pos, k in enumerate(active)]
-        stacked_loss = torch.stack(member_losses)
+            losses_now = member_losses()
+        stacked_loss = torch.stack(losses_now)
         opt.zero_grad(set_to_none=True)
         stacked_loss.sum().backward()
         opt.step()

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Mapping
 
 from torch import nn
 
-from evomal.learning.meta_testing import train_each
+from evomal.learning.meta_testing import train_runs
 
 
 @dataclass(frozen=True)
@@ -32,15 +32,15 @@ def score_on_validation(losses: Mapping[str, Callable], task, build: Callable[[i
                         milestones: Iterable[int] = (), gamma: float = 0.1,
                         batched: bool = False) -> list[ValidationScore]:
     """Every loss trains ``build(seed)`` with the same seed, settings and batch order as the others
-    (as one stacked group per seed when ``batched``, evomal.learning.batched)."""
+    (as stacked groups when ``batched``, evomal.learning.batched)."""
     scores = []
     milestones = tuple(m for m in milestones if m < steps)
-    for seed in seeds:
-        runs = train_each(losses, task, build, seed=seed, batched=batched, steps=steps, lr=lr, momentum=momentum,
-                          nesterov=nesterov, weight_decay=weight_decay, batch_size=batch_size,
-                          milestones=milestones, gamma=gamma, eval_every=None)
-        for name, (r, _) in runs.items():
-            # training scores the validation split after its last step
-            value = math.inf if r.reason is not None else float(r.curve[-1][2])
-            scores.append(ValidationScore(name, int(seed), value, r.reason))
+    order = [(int(seed), name) for seed in seeds for name in losses]
+    runs = train_runs([(seed, losses[name]) for seed, name in order], task, build, batched=batched, steps=steps,
+                      lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, batch_size=batch_size,
+                      milestones=milestones, gamma=gamma, eval_every=None)
+    for (seed, name), (r, _) in zip(order, runs):
+        # training scores the validation split after its last step
+        value = math.inf if r.reason is not None else float(r.curve[-1][2])
+        scores.append(ValidationScore(name, seed, value, r.reason))
     return scores

@@ -1,15 +1,15 @@
 """Meta-testing (DESIGN §1.7): every loss trains a fresh network per seed, scored on the test split.
 
-The losses of one seed share the initial network and the batch order, so they can train as one
-stacked group (``batched``, evomal.learning.batched); the results equal the one-by-one runs up to the
-rounding of batched matrix products.
+All the runs (loss x seed) can train as stacked groups (``batched``, evomal.learning.batched): each
+member starts from its seed's network and draws its seed's batches, so the results equal the one-by-one
+runs up to the rounding of batched matrix products.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from torch import nn
 
@@ -29,31 +29,31 @@ class MetaTestResult:
     reason: str | None = None
 
 
-def train_each(losses: Mapping[str, Callable], task, build: Callable[[int], nn.Module], *, seed: int,
-               batched: bool = False, **train_kw) -> dict[str, tuple[TrainResult, nn.Module]]:
-    """Each loss trains ``build(seed)`` with ``seed``'s batches: name -> (result, trained network).
+def train_runs(runs: Sequence[tuple[int, Callable]], task, build: Callable[[int], nn.Module], *,
+               batched: bool = False, **train_kw) -> Iterator[tuple[TrainResult, nn.Module]]:
+    """Each ``(seed, loss)`` trains ``build(seed)`` with ``seed``'s batches: (result, trained network), in
+    order, each as soon as it is done.
 
-    ``batched`` trains them as one group; every result's ``seconds`` is then its share of the group's."""
+    ``batched`` trains them as stacked groups (evomal.learning.batched, at most MAX_GROUP runs each, cut
+    in order); a result's ``seconds`` is then its share of its group's."""
     if not batched:
-        out = {}
-        for name, loss in losses.items():
+        for seed, loss in runs:
             t0 = time.perf_counter()
             model = build(seed)
             r = train(model, loss, task, seed=seed, **train_kw)
             r.seconds = time.perf_counter() - t0
-            out[name] = (r, model)
-        return out
-    from evomal.learning.batched import train_group
+            yield r, model
+        return
+    from evomal.learning.batched import groups, train_group
 
-    model = build(seed)
-    init = {n: p.detach() for n, p in model.named_parameters()}
-    members = train_group(model, [init] * len(losses), list(losses.values()), task, seed=seed, **train_kw)
-    out = {}
-    for name, member in zip(losses, members):
-        net = build(seed)
-        net.load_state_dict(member.params)
-        out[name] = (member.result, net)
-    return out
+    for group in groups(list(runs)):
+        starts = {seed: {n: p.detach() for n, p in build(seed).named_parameters()} for seed, _ in group}
+        members = train_group(build(group[0][0]), [starts[seed] for seed, _ in group], [loss for _, loss in group],
+                              task, seed=[seed for seed, _ in group], **train_kw)
+        for (seed, _), member in zip(group, members):
+            net = build(seed)
+            net.load_state_dict(member.params)
+            yield member.result, net
 
 
 def meta_test(losses: Mapping[str, Callable], task, build: Callable[[int], nn.Module], *, seeds: Iterable[int],
@@ -63,18 +63,19 @@ def meta_test(losses: Mapping[str, Callable], task, build: Callable[[int], nn.Mo
               on_result: Callable[[MetaTestResult], None] | None = None) -> list[MetaTestResult]:
     """DESIGN §1.7: every method trains ``build(seed)`` with the same seed, settings and batch order.
 
-    ``on_result`` is called with each result as soon as its run ends (its seed's group, when batched).
+    ``on_result`` is called with each result as soon as its run ends (its group's, when batched).
     """
     results = []
     kw = dict(steps=steps, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
               batch_size=batch_size, milestones=tuple(milestones), gamma=gamma, eval_every=eval_every)
     x_test, y_test = _split(task, "test")
-    for seed in seeds:
-        for method, (r, model) in train_each(losses, task, build, seed=seed, batched=batched, **kw).items():
-            t0 = time.perf_counter()
-            test = math.inf if r.reason is not None else metric(model, x_test, y_test, task.kind)
-            results.append(MetaTestResult(method, seed, test, r.curve, r.seconds + time.perf_counter() - t0,
-                                          r.diverged, r.reason))
-            if on_result is not None:
-                on_result(results[-1])
+    order = [(seed, method) for seed in seeds for method in losses]
+    runs = train_runs([(seed, losses[method]) for seed, method in order], task, build, batched=batched, **kw)
+    for (seed, method), (r, model) in zip(order, runs):
+        t0 = time.perf_counter()
+        test = math.inf if r.reason is not None else metric(model, x_test, y_test, task.kind)
+        results.append(MetaTestResult(method, seed, test, r.curve, r.seconds + time.perf_counter() - t0,
+                                      r.diverged, r.reason))
+        if on_result is not None:
+            on_result(results[-1])
     return results
