@@ -10,8 +10,8 @@ training and their local search one by one (evomal.learning.training) and as one
 falls on both alike; the figures are medians and the ratio is taken within the run. It also reports the
 largest difference between the two paths' fitness values (they agree up to the rounding of batched matrix
 products; a chaotic loss can amplify it) and the decision of ``batching: auto`` for the network.
-Cases: MLP [100, 100] on digits, the default experiment's (MNIST-1D, MLP [100, 100]) and the preset
-diabetes-mlp-ref (MLP [1000, 1000]).
+Cases: MLP [100, 100] on digits, the default experiment's (MNIST-1D, MLP [100, 100]), LeNet-5 on a
+Fashion-MNIST subset (the quality benchmark's) and the preset diabetes-mlp-ref (MLP [1000, 1000]).
 """
 from __future__ import annotations
 
@@ -44,6 +44,9 @@ CASES = {
     "default": dict(
         label="default experiment (MNIST-1D, MLP [100, 100])", dataset=("mnist1d", {"num_samples": 10000, "validation_fraction": 0.15}), hidden=[100, 100],
         losses=CLASSIFICATION, sgd=dict(lr=0.05, momentum=0.9, batch_size=128), steps=1000, meta_steps=50),
+    "lenet": dict(
+        label="Fashion-MNIST (5,000), LeNet-5", dataset=("fashion_mnist", {"train_size": 5000}), model="lenet5",
+        losses=CLASSIFICATION, sgd=dict(lr=0.01, momentum=0.9, batch_size=128), steps=200, meta_steps=30),
     "preset": dict(
         label="diabetes-mlp-ref (MLP [1000, 1000])", dataset=("diabetes", {}), hidden=[1000, 1000], losses=REGRESSION,
         sgd=dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=128), steps=200, meta_steps=50),
@@ -58,8 +61,9 @@ def _losses(exprs: list[str], kind: str, device) -> list[CompiledLoss]:
 def run_case(case: dict, *, repeats: int, scale: float, device) -> dict:
     name, options = case["dataset"]
     task = load_task(name, seed=0, device=device, **options)
-    build = lambda: build_model("mlp", task.input_shape, task.num_outputs, seed=0, hidden=case["hidden"],  # noqa: E731
-                                device=device)
+    options = {} if case.get("model") else {"hidden": case["hidden"]}
+    build = lambda: build_model(case.get("model", "mlp"), task.input_shape, task.num_outputs, seed=0,  # noqa: E731
+                                device=device, **options)
     steps, meta_steps = max(1, int(case["steps"] * scale)), max(1, int(case["meta_steps"] * scale))
     sgd, exprs = case["sgd"], case["losses"]
     plan = LocalSearchPlan.build(task, build(), steps=meta_steps, batch_size=sgd["batch_size"], seed=0)

@@ -165,6 +165,8 @@ def test_batching_is_decided_by_the_network_and_the_device():
     assert use_batching("auto", large, "cuda") and use_batching("on", large, "cpu")
     assert not use_batching("off", small, "cpu")
     assert use_batching(True, large, "cpu") and not use_batching(False, small, "cpu")  # YAML's bare on / off
+    lenet = build_model("lenet5", (1, 28, 28), 10, seed=0)
+    assert not use_batching("auto", lenet, "cpu") and use_batching("auto", lenet, "cuda")
     norm = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
     drop = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1))
     assert "buffers" in unbatchable_reason(norm) and "dropout" in unbatchable_reason(drop)

@@ -10,10 +10,10 @@ gradient of its own loss: the results equal those of training the members one af
 (:mod:`evomal.learning.training`) up to the rounding of batched matrix products, and a member that
 diverges changes nothing for the others (it leaves the group at once).
 
-Worth it when the per-step overhead dominates (small networks on CPU: about 2-4x for an MLP [100, 100],
-see docs/benchmarks.md) and on CUDA; a large network on CPU is as fast or slower batched, which
-:func:`use_batching` decides from the parameter count. Networks with buffers (BatchNorm) or dropout are
-never batched: their state and randomness are per network.
+Worth it where the per-step overhead matters (small fully connected networks on CPU: about 1.2-1.4x
+for an MLP [100, 100], docs/benchmarks.md "Batched candidates") and on CUDA; on CPU a large network or a
+convolutional one is as fast or slower stacked, which :func:`use_batching` decides. Networks with
+buffers (BatchNorm) or dropout are never batched: their state and randomness are per network.
 """
 from __future__ import annotations
 
@@ -61,6 +61,9 @@ def use_batching(mode: str, model: nn.Module, device: torch.device | str) -> boo
         return False
     if mode == "on" or torch.device(device).type != "cpu":
         return True
+    # on CPU a vmapped convolution was no faster than one network at a time (LeNet-5, docs/benchmarks.md)
+    if any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
+        return False
     return sum(p.numel() for p in model.parameters()) <= AUTO_MAX_PARAMS
 
 
