@@ -78,7 +78,9 @@ def copy_run(src: Path, dst: Path) -> Path:
 
 
 def candidate_mtimes(exp: Path) -> dict[Path, int]:
-    return {p: p.stat().st_mtime_ns for p in exp.glob("gen_*/candidates/*/*") if p.is_file()}
+    """Finished candidate files; one being written at a kill is a hidden temporary name (the next run removes it)."""
+    return {p: p.stat().st_mtime_ns for p in exp.glob("gen_*/candidates/*/*")
+            if p.is_file() and not p.name.startswith(".")}
 
 
 def lock_files(workdir: Path) -> list[Path]:
