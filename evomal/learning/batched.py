@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import time
-from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
@@ -30,7 +29,8 @@ from torch.func import functional_call, vmap
 
 from evomal.learning.devices import derive_seed
 from evomal.learning.training import (CURVE_POINTS, BatchSampler, FitnessResult, LocalSearchResult, Reinit,
-                                      TrainResult, _default_reinit, _split, _training_loss, differentiable_sgd)
+                                      TrainResult, _default_reinit, _plan_for, _split, _training_loss,
+                                      differentiable_sgd)
 
 #: batching modes of the config's ``batching`` key
 MODES = ("auto", "on", "off")
@@ -262,10 +262,8 @@ def local_search_group(losses: Sequence, task, model: nn.Module, *, steps: int =
     weights = [loss.weights.detach().to(device=device, dtype=torch.float32).clone().requires_grad_(True)
                for loss in losses]
     opts = [torch.optim.Adam([w], lr=meta_lr) for w in weights]
-    if plan is not None:
-        plan.check(task, steps=steps, inner_steps=inner_steps, batch_size=batch_size, seed=seed)
-    train_batches = BatchSampler(x.shape[0], batch_size, derive_seed(seed, "meta-train-batches"), device)
-    val_batches = BatchSampler(x_val.shape[0], batch_size, derive_seed(seed, "meta-val-batches"), device)
+    plan = _plan_for(plan, task, model, steps=steps, inner_steps=inner_steps, batch_size=batch_size, seed=seed,
+                     reinit=reinit)
     names = [n for n, _ in model.named_parameters()]
     stacked = _stacked_forward(model, names)
 
@@ -278,15 +276,7 @@ def local_search_group(losses: Sequence, task, model: nn.Module, *, steps: int =
     for step in range(steps):
         if not active:
             break
-        if plan is not None:
-            start = plan.initial_params(step, model, reinit)
-            batches = [(x[idx], y[idx]) for idx in plan.train_indices[step]]
-            vidx = plan.val_indices[step]
-        else:
-            reinit(model, derive_seed(seed, "meta-init", step))
-            start = dict(model.named_parameters())
-            batches = [(x[idx], y[idx]) for idx in (train_batches.next() for _ in range(inner_steps))]
-            vidx = val_batches.next()
+        start, batches, vidx = plan.meta_step(step, model, reinit, task)
         params = {n: start[n].detach().unsqueeze(0).expand(len(active), *start[n].shape).clone().requires_grad_(True)
                   for n in names}
         members = [(fns[k], weights[k]) for k in active]

@@ -85,3 +85,9 @@ class LocalSearchPlan:
             return {n: state[n].detach().requires_grad_(True) for n, _ in model.named_parameters()}
         reinit(model, derive_seed(self.seed, "meta-init", step))
         return {n: p.detach().requires_grad_(True) for n, p in model.named_parameters()}
+
+    def meta_step(self, step: int, model: nn.Module, reinit: Reinit, task) -> tuple[dict[str, Tensor], list, Tensor]:
+        """Meta step ``step``'s starting parameters (fresh leaves), training batches and validation indices."""
+        x, y = _split(task, "train")
+        return (self.initial_params(step, model, reinit), [(x[idx], y[idx]) for idx in self.train_indices[step]],
+                self.val_indices[step])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -317,6 +317,19 @@ class LocalSearchResult:
     steps: int = 0
 
 
+def _plan_for(plan, task, model: nn.Module, *, steps: int, inner_steps: int, batch_size: int, seed: int,
+              reinit: Reinit):
+    """``plan`` checked against these settings, or one that stores no initial networks (the same batches
+    and re-initialisations, drawn here): a search always takes its meta steps from a plan."""
+    from evomal.learning.plan import LocalSearchPlan
+
+    if plan is None:
+        return LocalSearchPlan.build(task, model, steps=steps, inner_steps=inner_steps, batch_size=batch_size,
+                                     seed=seed, reinit=reinit, max_bytes=0)
+    plan.check(task, steps=steps, inner_steps=inner_steps, batch_size=batch_size, seed=seed)
+    return plan
+
+
 def unrolled_local_search(loss: CompiledLoss, task, model: nn.Module, *, steps: int = 250,
                           meta_lr: float = 1e-3, inner_steps: int = 1, lr: float, momentum: float = 0.0,
                           nesterov: bool = False, weight_decay: float = 0.0, batch_size: int = 128,
@@ -347,28 +360,15 @@ def unrolled_local_search(loss: CompiledLoss, task, model: nn.Module, *, steps: 
     device = x.device
     weights = loss.weights.detach().to(device=device, dtype=torch.float32).clone().requires_grad_(True)
     opt = torch.optim.Adam([weights], lr=meta_lr)
-    if plan is not None:  # the initial networks and batches, shared by the candidates of a job
-        plan.check(task, steps=steps, inner_steps=inner_steps, batch_size=batch_size, seed=seed)
-    train_batches = BatchSampler(x.shape[0], batch_size, derive_seed(seed, "meta-train-batches"), device)
-    val_batches = BatchSampler(x_val.shape[0], batch_size, derive_seed(seed, "meta-val-batches"), device)
+    plan = _plan_for(plan, task, model, steps=steps, inner_steps=inner_steps, batch_size=batch_size, seed=seed,
+                     reinit=reinit)
     was_training = model.training
     model.train()
     curve: list[float] = []
     status, reason = "ok", None
     try:
         for step in range(steps):
-            if plan is not None:
-                params = plan.initial_params(step, model, reinit)
-                batches = [(x[idx], y[idx]) for idx in plan.train_indices[step]]
-                vidx = plan.val_indices[step]
-            else:
-                reinit(model, derive_seed(seed, "meta-init", step))
-                params = {n: p.detach().requires_grad_(True) for n, p in model.named_parameters()}
-                batches = []
-                for _ in range(inner_steps):
-                    idx = train_batches.next()
-                    batches.append((x[idx], y[idx]))
-                vidx = val_batches.next()
+            params, batches, vidx = plan.meta_step(step, model, reinit, task)
             meta_loss, grad = meta_gradient(fn, kind, weights, model, params, batches, (x_val[vidx], y_val[vidx]),
                                             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
             # one device sync per meta step: the curve value and the finiteness check together
