@@ -38,9 +38,11 @@ HELD = []  # this run's lock record and claims (evomal.pipeline.preflight); rele
 
 
 onstart:
+    from evomal.core.workers import use_workers
     from evomal.pipeline.preflight import start_run
 
     HELD.append(start_run(workflow, CFG))  # or SystemExit(1) with the reason, before any job
+    use_workers(job_workers())  # training jobs of this process run in worker processes (evomal.core.workers)
 
 
 onerror:

@@ -230,7 +230,7 @@ def damaged_copy(reference, tmp_path):
 
 
 # --------------------------------------------------------------------------- hard kills
-KILL_STAGES = ["population", "filter", "optimize", "evaluate", "track", "meta_test"]
+KILL_STAGES = ["population", "filter", "optimize", "evaluate", "track", "test_run"]
 
 
 def test_every_failpoint_stage_has_a_failpoint_call():

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slurm
 PROFILE = REPO / "workflow" / "profiles" / "slurm-local-test"
 PARTITION = "local"  # what the local-test profile submits to
 #: rules that must have run as SLURM jobs (the others are `localrules` and run inside Snakemake)
-CLUSTER_RULES = {"filter", "optimize", "evaluate", "meta_test"}
+CLUSTER_RULES = {"filter", "optimize", "evaluate", "test_run"}
 #: a failing SLURM job must end the run, not leave it waiting: a hang guard for the whole run (the
 #: status checks run every 5 s + 10 s per miss, ~50 s; seconds are never asserted, the machine may be loaded)
 FAIL_HANG_GUARD_S = 240

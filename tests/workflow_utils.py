@@ -76,6 +76,8 @@ def contract_files(exp_dir: Path) -> dict[str, bytes]:
             out[f"{gen.name}/{name}"] = (gen / name).read_bytes()
         for cand in sorted((gen / "candidates").glob("*")):
             out[f"{gen.name}/candidates/{cand.name}/loss.json"] = (cand / "loss.json").read_bytes()
+    for path in sorted((exp_dir / "test_runs").glob("*.json")):
+        out[f"test_runs/{path.name}"] = path.read_bytes()
     for name in ["finalists.tsv", "best/loss.json", "meta_test.tsv", "meta_test_summary.tsv", "transfer.tsv"]:
         if (exp_dir / name).exists():
             out[name] = (exp_dir / name).read_bytes()

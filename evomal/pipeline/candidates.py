@@ -13,6 +13,7 @@ from pathlib import Path
 from evomal.core import files
 from evomal.core.files import record_seconds
 from evomal.core.joblog import JobLog
+from evomal.core.workers import in_worker
 from evomal.learning.context import load_task_for, use_threads
 from evomal.learning.fitness_measure import FitnessMeasure, non_reference
 from evomal.methods import get_method
@@ -117,6 +118,7 @@ def compile_shard(filter_path, shard: int, manifest_path, *, exp: dict, recomput
     _shard_job(filter_path, shard, manifest_path, "compile", work, _job_log(log, "compile", shard))
 
 
+@in_worker
 def optimize_shard(filter_path, shard: int, manifest_path, *, exp: dict, device: str = "cpu",
                    recompute: bool = False, log: str | None = None, threads: int = 1,
                    batching: str = "off") -> None:
@@ -201,6 +203,7 @@ def optimize_shard(filter_path, shard: int, manifest_path, *, exp: dict, device:
     _shard_job(filter_path, shard, manifest_path, "optimize", work, say, batched=batched)
 
 
+@in_worker
 def evaluate_shard(filter_path, shard: int, manifest_path, *, exp: dict, device: str = "cpu",
                    recompute: bool = False, log: str | None = None, threads: int = 1, archive=None,
                    batching: str = "off") -> None:

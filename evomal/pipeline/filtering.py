@@ -6,6 +6,7 @@ import time
 from evomal.core import files
 from evomal.core.files import record_seconds
 from evomal.core.joblog import JobLog
+from evomal.core.workers import in_worker
 from evomal.gp.expressions import ExpressionError, parse
 from evomal.learning.context import use_threads
 from evomal.pipeline.contract import DECISIONS
@@ -13,6 +14,7 @@ from evomal.pipeline.faults import failpoint
 from evomal.pipeline.stage_inputs import learning_setup, read_archive, read_population
 
 
+@in_worker
 def filter_population(population_path, out_path, *, exp: dict, shards: int, device: str = "cpu",
                       prev_archive=None, log: str | None = None, threads: int = 1) -> None:
     """DESIGN §1.5: symbolic equivalence, rejection protocol, gradient equivalence, in that order."""

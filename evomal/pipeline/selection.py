@@ -14,6 +14,7 @@ import pandas as pd
 from evomal.core import files
 from evomal.core.files import record_seconds
 from evomal.core.joblog import JobLog
+from evomal.core.workers import in_worker
 from evomal.gp.expressions import parse
 from evomal.learning.context import TrainingSettings, use_threads
 from evomal.pipeline.contract import BASELINE, FINALIST_COLUMNS, candidate_dir, learned_beats_baseline
@@ -73,6 +74,7 @@ def finalists_table(finalists: list[dict], scores, seeds) -> pd.DataFrame:
     return frame
 
 
+@in_worker
 def finalists_stage(archive_path, results_dir, out_table, *, exp: dict, device: str = "cpu",
                     log: str | None = None, threads: int = 1, batching: str = "off") -> None:
     """Train the finalists and the baseline from scratch over the validation seeds; write finalists.tsv."""

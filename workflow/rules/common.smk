@@ -113,6 +113,45 @@ def learned_losses(wildcards):
     return losses
 
 
+# --- meta-test and transfer: one test_run job per (target, arm), workflow/rules/testing.smk
+def test_arms(wildcards):
+    """baseline, references (when the config names any), then each learned loss (learned-<method>)."""
+    arms = ["baseline"]
+    if exp_of(wildcards)["meta_test"]["references"]:
+        arms.append("references")
+    return arms + [f"learned-{method}" for method in learned_losses(wildcards)]
+
+
+def test_run_files(wildcards, target):
+    return [f"{RESULTS}/{wildcards.experiment}/test_runs/{target}-{arm}.json" for arm in test_arms(wildcards)]
+
+
+def transfer_run_files(wildcards):
+    """target -> its arms' files, for every transfer target of the config (transfer_<i>)."""
+    targets = [f"transfer_{i}" for i in range(len(exp_of(wildcards)["transfer"]))]
+    return {t: test_run_files(wildcards, t) for t in targets}
+
+
+def test_run_inputs(wildcards):
+    """A learned arm trains with its loss file; the baseline and the references need nothing."""
+    if wildcards.arm.startswith("learned-"):
+        return {"loss": learned_losses(wildcards)[wildcards.arm[len("learned-") :]]}
+    return {}
+
+
+def test_run_params(wildcards):
+    """What an arm's runs depend on: its target, the experiment's seed, training and meta-test settings."""
+    exp = exp_of(wildcards)
+    if wildcards.target == "meta_test":
+        target = {"dataset": exp["dataset"], "model": exp["model"]}
+    else:
+        target = exp["transfer"][int(wildcards.target[len("transfer_") :])]
+    meta_test = dict(exp["meta_test"])
+    if wildcards.arm != "references":
+        meta_test.pop("references")
+    return {"target": target, "seed": exp["seed"], "training": exp["training"], "meta_test": meta_test}
+
+
 def experiment_targets(name):
     exp = CFG["experiments"][name]
     d = f"{RESULTS}/{name}"
@@ -226,6 +265,19 @@ def contract_targets(name):
 # where and how a learning stage computes (never what: no output depends on them beyond float rounding)
 LEARNING_OPTIONS = {"device": CFG["device"], "batching": CFG["batching"]}
 STAGE_OPTIONS = {**LEARNING_OPTIONS, "recompute": CFG["recompute"]}
+
+
+def job_workers():
+    """Worker processes for the training jobs (evomal.core.workers): one per core when jobs are threads
+    of this Snakemake process (force-use-threads) and `job_processes` is on; else 0, the job's own thread.
+    Called when a job runs: the execution settings do not exist yet while the Snakefile is parsed."""
+    settings = workflow.execution_settings
+    if not (CFG["job_processes"] and workflow.is_main_process and settings is not None and settings.use_threads):
+        return 0
+    try:
+        return int(workflow.cores)
+    except Exception:  # no --cores (a dry run, --lint): no job runs
+        return 0
 
 
 def early_stop_on(wildcards):

@@ -14,6 +14,7 @@ rule compile:
         f"{GEN_DIR}/shards/compile_{{shard}}.json",
     log:
         f"{LOGS}/gen_{{gen}}/compile_{{shard}}.log",
+    priority: 1
     threads: 1
     resources:
         runtime=10,
@@ -35,6 +36,7 @@ rule optimize:
         f"{GEN_DIR}/shards/optimize_{{shard}}.json",
     log:
         f"{LOGS}/gen_{{gen}}/optimize_{{shard}}.log",
+    priority: 1
     threads: 1
     resources:
         runtime=120,
@@ -65,6 +67,7 @@ rule evaluate:
         f"{GEN_DIR}/shards/evaluate_{{shard}}.json",
     log:
         f"{LOGS}/gen_{{gen}}/evaluate_{{shard}}.log",
+    priority: 1
     threads: 1
     resources:
         runtime=120,
@@ -94,9 +97,10 @@ rule finalists:
         f"{EXP_DIR}/finalists.tsv",
     log:
         f"{LOGS}/finalists.log",
-    # it runs alone between the search and the meta-test: a stacked group of finalists uses a second
-    # core (1.4x, docs/benchmarks.md "Batched candidates"); Snakemake gives fewer when fewer are free
-    threads: 2
+    priority: 1
+    # one thread: when the search ends, the test runs of the baseline and references are still training;
+    # with two (1.4x when alone) it waited for both cores to be free (docs/benchmarks.md)
+    threads: 1
     resources:
         runtime=240,
     params:
@@ -124,6 +128,7 @@ rule best:
         f"{EXP_DIR}/best/loss.json",
     log:
         f"{LOGS}/best.log",
+    priority: 1
     params:
         generations=lambda w: last_generation(w.experiment) + 1,
     run:

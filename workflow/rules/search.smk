@@ -1,6 +1,10 @@
 # Population initialisation and breeding, filtering (a checkpoint), gathering a generation.
 
 
+# The search's rules have priority 1: when a core is free the scheduler gives it to the search, and the
+# test runs of the baseline and references (priority 0, they need no search) fill the cores it leaves idle.
+
+
 # bookkeeping and breeding take milliseconds: never worth a cluster job
 localrules:
     experiment_config,
@@ -13,6 +17,7 @@ rule experiment_config:
         f"{EXP_DIR}/config.yaml",
     log:
         f"{LOGS}/config.log",
+    priority: 1
     params:
         exp=exp_of,
     run:
@@ -28,6 +33,7 @@ rule population:
         f"{GEN_DIR}/population.json",
     log:
         f"{LOGS}/gen_{{gen}}/population.log",
+    priority: 1
     params:
         search=search_params,
     run:
@@ -51,6 +57,7 @@ checkpoint filter:
         f"{GEN_DIR}/filter.json",
     log:
         f"{LOGS}/gen_{{gen}}/filter.log",
+    priority: 1
     threads: 1
     resources:
         runtime=30,
@@ -84,6 +91,7 @@ rule gather:
         archive=f"{GEN_DIR}/archive.json",
     log:
         f"{LOGS}/gen_{{gen}}/gather.log",
+    priority: 1
     run:
         from evomal.pipeline.gathering import gather_generation
 

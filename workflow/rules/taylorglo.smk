@@ -30,6 +30,7 @@ rule taylorglo_ask:
         f"{LOGS}/gen_{{gen}}/population.log",
     wildcard_constraints:
         experiment=experiments_running("cmaes_search"),
+    priority: 1
     params:
         cmaes=cmaes_params,
         shards=CFG["shards"],
@@ -54,6 +55,7 @@ rule taylorglo_gather:
         f"{LOGS}/gen_{{gen}}/gather.log",
     wildcard_constraints:
         experiment=experiments_running("cmaes_search"),
+    priority: 1
     run:
         from evomal.pipeline.taylorglo import gather_stage
 
@@ -71,6 +73,7 @@ rule taylorglo_best:
         f"{LOGS}/best.log",
     wildcard_constraints:
         experiment=experiments_running("cmaes_search"),
+    priority: 1
     params:
         generations=lambda w: last_generation(w.experiment) + 1,
     run:

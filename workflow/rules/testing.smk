@@ -1,62 +1,75 @@
 # Meta-testing (the learned loss from scratch against the baseline) and transfer to other tasks.
+# Each (target, arm) trains in a job of its own: the baseline and reference arms need no search, so
+# they fill the cores the search leaves idle; meta_test and transfer only put the arms into tables.
 
 
-rule meta_test:
+# tables of finished runs: pandas, no training
+localrules:
+    meta_test,
+    transfer,
+
+
+rule test_run:
     input:
-        unpack(learned_losses),
+        unpack(test_run_inputs),
     output:
-        table=f"{EXP_DIR}/meta_test.tsv",
-        summary=f"{EXP_DIR}/meta_test_summary.tsv",
-        curves=f"{EXP_DIR}/meta_test_curves.json",
+        f"{EXP_DIR}/test_runs/{{target}}-{{arm}}.json",
     log:
-        f"{LOGS}/meta_test.log",
+        f"{LOGS}/test_runs/{{target}}-{{arm}}.log",
+    wildcard_constraints:
+        target=r"meta_test|transfer_\d+",
+        arm=r"baseline|references|learned-[A-Za-z0-9_.-]+",
     threads: 1
     resources:
         runtime=240,
     params:
-        meta_test=lambda w: exp_of(w)["meta_test"],
-        training=lambda w: exp_of(w)["training"],
+        run=test_run_params,
     run:
-        from evomal.pipeline.testing import meta_test_stage
+        from evomal.pipeline.testing import arm_runs_stage
 
-        meta_test_stage(
-            dict(input.items()),
-            output.table,
-            output.summary,
-            output.curves,
+        arm_runs_stage(
+            output[0],
             exp=exp_of(wildcards),
+            target=wildcards.target,
+            arm=wildcards.arm,
+            loss=input.get("loss"),
             **LEARNING_OPTIONS,
             log=log[0],
             threads=threads,
         )
 
 
+rule meta_test:
+    input:
+        lambda w: test_run_files(w, "meta_test"),
+    output:
+        table=f"{EXP_DIR}/meta_test.tsv",
+        summary=f"{EXP_DIR}/meta_test_summary.tsv",
+        curves=f"{EXP_DIR}/meta_test_curves.json",
+    log:
+        f"{LOGS}/meta_test.log",
+    run:
+        from evomal.pipeline.testing import meta_test_stage
+
+        meta_test_stage(list(input), output.table, output.summary, output.curves, log=log[0])
+
+
 rule transfer:
     input:
-        unpack(learned_losses),
+        unpack(transfer_run_files),
     output:
         table=f"{EXP_DIR}/transfer.tsv",
         summary=f"{EXP_DIR}/transfer_summary.tsv",
         curves=f"{EXP_DIR}/transfer_curves.json",
     log:
         f"{LOGS}/transfer.log",
-    threads: 1
-    resources:
-        runtime=240,
-    params:
-        transfer=lambda w: exp_of(w)["transfer"],
-        meta_test=lambda w: exp_of(w)["meta_test"],
-        training=lambda w: exp_of(w)["training"],
     run:
         from evomal.pipeline.testing import transfer_stage
 
         transfer_stage(
-            dict(input.items()),
+            {name: list(paths) for name, paths in input.items()},
             output.table,
             output.summary,
             output.curves,
-            exp=exp_of(wildcards),
-            **LEARNING_OPTIONS,
             log=log[0],
-            threads=threads,
         )
