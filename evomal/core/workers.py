@@ -50,6 +50,8 @@ def _warm() -> int:
 def start_workers(count: int, *, warm: bool = False) -> ProcessPoolExecutor:
     """The run's pool of ``count`` workers (made once; later calls return the same pool). ``warm`` starts
     them now, each importing torch, in the background, so the first training job does not wait for it."""
+    if os.environ.get(PARENT_ENV):  # a worker's own pool would start workers of workers, without end
+        raise RuntimeError("a worker process cannot start worker processes")
     with _LOCK:
         pool = _POOLS.get(os.getpid())
         if pool is None:
