@@ -2,7 +2,7 @@
 
 The default profile runs jobs as threads (``force-use-threads``), so torch, MLflow and the workflow are
 imported once per run instead of once per job. But two training jobs side by side then share one
-interpreter lock: on 2 cores, two MNIST-1D trainings in threads took 1.52x as long as in two processes
+interpreter lock: on 2 cores, two MNIST-1D trainings in threads took 1.6x as long as in two processes
 (docs/benchmarks.md), because a step of a small network is mostly Python. So the jobs that train
 (filter, optimize, evaluate, finalists, test runs) hand their stage function to a pool of worker
 processes, one per core, started once per run (``spawn``: safe in a process with threads, and CUDA-safe).

@@ -270,7 +270,8 @@ STAGE_OPTIONS = {**LEARNING_OPTIONS, "recompute": CFG["recompute"]}
 def job_workers():
     """Worker processes for the training jobs (evomal.core.workers): one per core when jobs are threads
     of this Snakemake process (force-use-threads) and `job_processes` is on; else 0, the job's own thread.
-    Called when a job runs: the execution settings do not exist yet while the Snakefile is parsed."""
+    Called in onstart (evomal.core.workers.use_workers): the execution settings do not exist yet while the
+    Snakefile is parsed."""
     settings = workflow.execution_settings
     if not (CFG["job_processes"] and workflow.is_main_process and settings is not None and settings.use_threads):
         return 0
