@@ -142,10 +142,13 @@ def test_tiny_pipeline_completes_on_slurm(slurm_run):
     output = proc.stdout + proc.stderr
     assert "has been submitted with SLURM jobid" in output
     logs = slurm_logs(workdir)
-    # the heavy rules ran as SLURM jobs (one per rule here), the bookkeeping rules did not
+    # the heavy rules ran as SLURM jobs (one per rule here; test_run: the baseline, reference and learned
+    # arms of the meta-test), the bookkeeping rules did not
     assert CLUSTER_RULES <= set(logs), logs
-    assert all(len(logs[rule]) == 1 for rule in CLUSTER_RULES), logs
-    assert not set(logs) & {"population", "compile", "gather", "best", "report", "track", "tracking_init"}
+    assert {rule: len(logs[rule]) for rule in CLUSTER_RULES} == {"filter": 1, "optimize": 1, "evaluate": 1,
+                                                                 "test_run": 3}, logs
+    assert not set(logs) & {"population", "compile", "gather", "best", "report", "track", "tracking_init",
+                            "meta_test", "transfer"}
     for rule in CLUSTER_RULES:
         for log in logs[rule]:
             assert f"Finished jobid: 0 (Rule: {rule})" in log.read_text(), log
