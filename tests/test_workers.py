@@ -12,7 +12,7 @@ import time
 import pytest
 
 from evomal.core import workers
-from worker_helpers import fails, whoami
+from worker_helpers import dies, fails, whoami
 
 
 class PathLike(str):
@@ -37,6 +37,15 @@ def test_with_workers_it_runs_in_a_worker_and_returns_its_result(monkeypatch):
     assert whoami(1)[0] == pid  # the same worker serves the next call: torch is imported once per worker
     with pytest.raises(ValueError, match="a specific reason"):
         fails("a specific reason")
+
+
+def test_a_dead_worker_fails_its_job_only_and_the_next_job_gets_a_new_pool(monkeypatch):
+    monkeypatch.setenv(workers.WORKERS_ENV, f"1@{os.getpid()}")
+    before = whoami(0)[0]
+    with pytest.raises(RuntimeError, match="dies: the worker process running it died"):
+        dies()
+    after = whoami(0)[0]
+    assert after not in (os.getpid(), before)
 
 
 def test_a_setting_made_by_another_process_is_ignored(monkeypatch):

@@ -26,3 +26,8 @@ def write_when_told(folder: str) -> None:
     while not (folder / "go").exists():
         time.sleep(0.05)
     (folder / "done").write_text("written")
+
+
+@in_worker
+def dies() -> None:
+    os._exit(3)  # what an out-of-memory kill looks like from outside

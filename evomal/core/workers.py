@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 __all__ = ["in_worker", "use_workers", "start_workers", "PARENT_ENV", "WORKERS_ENV"]
 
@@ -100,7 +101,15 @@ def in_worker(fn):
         count = _workers()
         if not count or os.environ.get(PARENT_ENV):  # inline, or already in a worker
             return fn(*args, **kwargs)
-        # the worker unpickles this wrapper by name and, not being the run's process, calls fn itself
-        return start_workers(count).submit(wrapper, *_plain(list(args)), **_plain(kwargs)).result()
+        pool = start_workers(count)
+        try:  # the worker unpickles this wrapper by name and, being a worker, calls fn itself
+            return pool.submit(wrapper, *_plain(list(args)), **_plain(kwargs)).result()
+        except BrokenProcessPool as exc:  # a worker died (killed, out of memory): the next job gets a new pool
+            with _LOCK:
+                if _POOLS.get(os.getpid()) is pool:
+                    del _POOLS[os.getpid()]
+            raise RuntimeError(f"{fn.__name__}: the worker process running it died ({exc}); run snakemake "
+                               "again to rerun this job, or set job_processes: false to train in the job's "
+                               "thread") from None
 
     return wrapper
