@@ -17,6 +17,7 @@ earlier tree with the same batching.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -67,8 +68,6 @@ def _run(snakefile: Path, env: dict, config: Path, workdir: Path, extra: list[st
     proc = subprocess.run([str(SNAKEMAKE), "-s", str(snakefile), "--configfile", str(config), "--cores", "2", *extra],
                           cwd=workdir, capture_output=True, text=True, env={**os.environ, **env}, timeout=3600)
     wall = time.perf_counter() - t0
-    import json
-
     exp = next((workdir / "results").glob("*/meta_test.tsv")).parent if proc.returncode == 0 else None
     compute = sum(json.loads(p.read_text())["seconds"] for p in (workdir / "results").rglob("timings/*.json"))
     tables = {n: (exp / n).read_bytes() for n in ("meta_test.tsv", "transfer.tsv")} if exp else {}

@@ -14,7 +14,8 @@ from evomal.learning.context import TrainingSettings, load_task_for, model_facto
 from evomal.learning.meta_testing import meta_test
 from evomal.losses.lossfile import load_loss, save_loss
 from evomal.pipeline.config import resolve_config
-from evomal.pipeline.testing import (ArmRuns, meta_test_stage, read_arm_runs, target_spec, arm_runs_stage,
+from evomal.pipeline.contract import target_spec
+from evomal.pipeline.testing import (ArmRuns, meta_test_stage, read_arm_runs, arm_runs_stage,
                                      transfer_stage)
 from workflow_utils import snakemake, tiny_config, write_config
 
@@ -73,7 +74,7 @@ def test_the_arms_give_the_table_of_one_job_training_every_loss(tmp_path, exp, l
 
 
 def test_transfer_targets_keep_their_own_steps_and_skip_references_of_the_other_kind(tmp_path, exp):
-    assert target_spec(exp, "transfer_0")[2] == 20 and target_spec(exp, "meta_test")[2] == 30
+    assert target_spec(exp, "transfer_0")["steps"] == 20 and target_spec(exp, "meta_test")["steps"] == 30
     with pytest.raises(ValueError, match="unknown test target 'transfer_2'"):
         target_spec(exp, "transfer_2")
     by_target = {}

@@ -53,14 +53,15 @@ def start_workers(count: int, *, warm: bool = False) -> ProcessPoolExecutor:
     them now, each importing torch, in the background, so the first training job does not wait for it."""
     if os.environ.get(PARENT_ENV):  # a worker's own pool would start workers of workers, without end
         raise RuntimeError("a worker process cannot start worker processes")
+    count = max(1, int(count))
     with _LOCK:
         pool = _POOLS.get(os.getpid())
         if pool is None:
-            pool = ProcessPoolExecutor(max_workers=max(1, int(count)), mp_context=multiprocessing.get_context("spawn"),
+            pool = ProcessPoolExecutor(max_workers=count, mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_init_worker, initargs=(os.getpid(),))
             _POOLS[os.getpid()] = pool
             if warm:  # no worker is idle yet, so each submission starts one
-                for _ in range(max(1, int(count))):
+                for _ in range(count):
                     pool.submit(_warm)
         return pool
 
@@ -98,11 +99,11 @@ def in_worker(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        count = _workers()
-        if not count or os.environ.get(PARENT_ENV):  # inline, or already in a worker
+        count = _workers()  # 0 in a worker too: the setting names the run's process, not the worker
+        if not count:
             return fn(*args, **kwargs)
         pool = start_workers(count)
-        try:  # the worker unpickles this wrapper by name and, being a worker, calls fn itself
+        try:  # the worker unpickles this wrapper by name and, not being the run's process, calls fn itself
             return pool.submit(wrapper, *_plain(list(args)), **_plain(kwargs)).result()
         except BrokenProcessPool as exc:  # a worker died (killed, out of memory): the next job gets a new pool
             with _LOCK:

@@ -62,6 +62,29 @@ FINALIST_COLUMNS = ["rank", "id", "generation", "expression", "search_fitness", 
 #: Columns of meta_test.tsv and transfer.tsv.
 PER_SEED_COLUMNS = ["target", "method", "seed", "test_metric", "metric", "diverged", "reason"]
 
+#: one arm's runs on one target: test_runs/<target>-<arm>.json. Targets: ``meta_test`` (the experiment's
+#: own task) or ``transfer_<i>``; arms: the baseline, the references, ``learned-<method>`` for each learned loss
+TEST_RUNS = "test_runs"
+META_TEST_TARGET, TRANSFER_PREFIX = "meta_test", "transfer_"
+BASELINE_ARM, REFERENCES_ARM, LEARNED_PREFIX = BASELINE, "references", "learned-"
+
+
+def test_run_file(target: str, arm: str) -> str:
+    return f"{TEST_RUNS}/{target}-{arm}.json"
+
+
+def target_spec(exp: dict, target: str) -> dict:
+    """``{"dataset", "model", "steps"}`` of ``meta_test`` or ``transfer_<i>`` in the experiment's config."""
+    if target == META_TEST_TARGET:
+        return {"dataset": exp["dataset"], "model": exp["model"], "steps": exp["meta_test"]["steps"]}
+    if target.startswith(TRANSFER_PREFIX) and target[len(TRANSFER_PREFIX):].isdigit():
+        i = int(target[len(TRANSFER_PREFIX):])
+        if i < len(exp["transfer"]):
+            t = exp["transfer"][i]
+            return {"dataset": t["dataset"], "model": t["model"], "steps": t.get("steps", exp["meta_test"]["steps"])}
+    raise ValueError(f"unknown test target {target!r}: expected {META_TEST_TARGET!r} or "
+                     f"{TRANSFER_PREFIX}<i> for i < {len(exp['transfer'])}")
+
 
 def check_record(exp_dir: str | Path, generation: int) -> Path:
     """``checks/gen_<g>.json``: the digests of a generation's candidate files once its check job verified

@@ -19,7 +19,8 @@ from evomal.core import files
 from evomal.core.files import record_seconds
 from evomal.core.joblog import JobLog
 from evomal.core.workers import in_worker
-from evomal.pipeline.contract import PER_SEED_COLUMNS
+from evomal.pipeline.contract import (BASELINE_ARM, LEARNED_PREFIX, META_TEST_TARGET, PER_SEED_COLUMNS,
+                                     REFERENCES_ARM, target_spec)
 from evomal.pipeline.faults import failpoint
 from evomal.pipeline.progress import seed_line
 from evomal.tasks.spec import component
@@ -45,11 +46,6 @@ def _test_losses(loss_paths: dict, kind: str, device, references=()) -> dict:
     return losses
 
 
-#: the arms of a target that no search feeds; a learned loss's arm is ``LEARNED_PREFIX + method``
-BASELINE_ARM, REFERENCES_ARM, LEARNED_PREFIX = "baseline", "references", "learned-"
-META_TEST_TARGET, TRANSFER_PREFIX = "meta_test", "transfer_"
-
-
 @dataclass
 class ArmRuns:
     """One arm's runs on one target (``test_runs/<target>-<arm>.json``): a row and a curve per run."""
@@ -63,19 +59,6 @@ class ArmRuns:
 
     def row(self, method: str, seed: int) -> dict:
         return next(r for r in self.rows if r["method"] == method and r["seed"] == seed)
-
-
-def target_spec(exp: dict, target: str) -> tuple[object, object, int]:
-    """(dataset, model, steps) of ``meta_test`` or ``transfer_<i>``."""
-    if target == META_TEST_TARGET:
-        return exp["dataset"], exp["model"], exp["meta_test"]["steps"]
-    if target.startswith(TRANSFER_PREFIX) and target[len(TRANSFER_PREFIX):].isdigit():
-        i = int(target[len(TRANSFER_PREFIX):])
-        if i < len(exp["transfer"]):
-            t = exp["transfer"][i]
-            return t["dataset"], t["model"], t.get("steps", exp["meta_test"]["steps"])
-    raise ValueError(f"unknown test target {target!r}: expected {META_TEST_TARGET!r} or "
-                     f"{TRANSFER_PREFIX}<i> for i < {len(exp['transfer'])}")
 
 
 def _arm_losses(arm: str, kind: str, device, exp: dict, loss_path=None) -> dict:
@@ -103,7 +86,8 @@ def arm_runs_stage(out_path, *, exp: dict, target: str, arm: str, loss=None, dev
 
     use_threads(threads)
     t0 = time.perf_counter()
-    dataset, model, steps = target_spec(exp, target)
+    spec = target_spec(exp, target)
+    dataset, model, steps = spec["dataset"], spec["model"], spec["steps"]
     name = _target_name(dataset, model)
     stage = "meta-test" if target == META_TEST_TARGET else "transfer"
     say = JobLog(log, echo=True, prefix=f"{stage}: ")

@@ -6,6 +6,16 @@ from evomal.methods import get_method
 
 # parse-time imports stay free of torch, MLflow, SymPy and pandas (tests/test_startup.py)
 from evomal.pipeline.contract import CMAES_STATE, PLOT_FILES, SUMMARY_HTML, SUMMARY_MD, active_shards, results_inputs
+from evomal.pipeline.contract import (
+    BASELINE_ARM,
+    LEARNED_PREFIX,
+    META_TEST_TARGET,
+    REFERENCES_ARM,
+    TEST_RUNS,
+    TRANSFER_PREFIX,
+    target_spec,
+    test_run_file,
+)
 
 CFG = resolve_config(config)
 RESULTS = CFG["results_dir"]
@@ -116,40 +126,39 @@ def learned_losses(wildcards):
 # --- meta-test and transfer: one test_run job per (target, arm), workflow/rules/testing.smk
 def test_arms(wildcards):
     """baseline, references (when the config names any), then each learned loss (learned-<method>)."""
-    arms = ["baseline"]
+    arms = [BASELINE_ARM]
     if exp_of(wildcards)["meta_test"]["references"]:
-        arms.append("references")
-    return arms + [f"learned-{method}" for method in learned_losses(wildcards)]
+        arms.append(REFERENCES_ARM)
+    return arms + [f"{LEARNED_PREFIX}{method}" for method in learned_losses(wildcards)]
 
 
 def test_run_files(wildcards, target):
-    return [f"{RESULTS}/{wildcards.experiment}/test_runs/{target}-{arm}.json" for arm in test_arms(wildcards)]
+    return [f"{RESULTS}/{wildcards.experiment}/{test_run_file(target, arm)}" for arm in test_arms(wildcards)]
 
 
 def transfer_run_files(wildcards):
     """target -> its arms' files, for every transfer target of the config (transfer_<i>)."""
-    targets = [f"transfer_{i}" for i in range(len(exp_of(wildcards)["transfer"]))]
+    targets = [f"{TRANSFER_PREFIX}{i}" for i in range(len(exp_of(wildcards)["transfer"]))]
     return {t: test_run_files(wildcards, t) for t in targets}
 
 
 def test_run_inputs(wildcards):
     """A learned arm trains with its loss file; the baseline and the references need nothing."""
-    if wildcards.arm.startswith("learned-"):
-        return {"loss": learned_losses(wildcards)[wildcards.arm[len("learned-") :]]}
+    if wildcards.arm.startswith(LEARNED_PREFIX):
+        return {"loss": learned_losses(wildcards)[wildcards.arm[len(LEARNED_PREFIX) :]]}
     return {}
 
 
 def test_run_params(wildcards):
     """What an arm's runs depend on: its target, the experiment's seed, training and meta-test settings."""
     exp = exp_of(wildcards)
-    if wildcards.target == "meta_test":
-        target = {"dataset": exp["dataset"], "model": exp["model"]}
-    else:
-        target = exp["transfer"][int(wildcards.target[len("transfer_") :])]
-    meta_test = dict(exp["meta_test"])
-    if wildcards.arm != "references":
-        meta_test.pop("references")
-    return {"target": target, "seed": exp["seed"], "training": exp["training"], "meta_test": meta_test}
+    meta_test = {k: v for k, v in exp["meta_test"].items() if k != "references" or wildcards.arm == REFERENCES_ARM}
+    return {
+        "target": target_spec(exp, wildcards.target),
+        "seed": exp["seed"],
+        "training": exp["training"],
+        "meta_test": meta_test,
+    }
 
 
 def experiment_targets(name):

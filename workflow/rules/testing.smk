@@ -13,12 +13,12 @@ rule test_run:
     input:
         unpack(test_run_inputs),
     output:
-        f"{EXP_DIR}/test_runs/{{target}}-{{arm}}.json",
+        f"{EXP_DIR}/{TEST_RUNS}/{{target}}-{{arm}}.json",
     log:
-        f"{LOGS}/test_runs/{{target}}-{{arm}}.log",
+        f"{LOGS}/{TEST_RUNS}/{{target}}-{{arm}}.log",
     wildcard_constraints:
-        target=r"meta_test|transfer_\d+",
-        arm=r"baseline|references|learned-[A-Za-z0-9_.-]+",
+        target=rf"{META_TEST_TARGET}|{TRANSFER_PREFIX}\d+",
+        arm=rf"{BASELINE_ARM}|{REFERENCES_ARM}|{LEARNED_PREFIX}[A-Za-z0-9_.-]+",
     threads: 1
     resources:
         runtime=240,

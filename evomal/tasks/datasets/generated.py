@@ -55,9 +55,7 @@ def _read(path: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as stored:
             return {k: stored[k] for k in stored.files}
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):  # damaged: regenerate
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):  # missing or damaged: generate
         return None
 
 

@@ -39,8 +39,8 @@ def _load_mnist1d(*, num_samples: int = 5000, data_seed: int = 42) -> RawData:
         raise ValueError(f"option 'num_samples' of dataset 'mnist1d' must be >= 20, got {num_samples}")
     from evomal.tasks.datasets.generated import generated_arrays
 
-    generated = generated_arrays("mnist1d", {"num_samples": int(num_samples), "data_seed": int(data_seed)},
-                                 lambda: _generate(int(num_samples), int(data_seed)), packages=("mnist1d",))
+    arguments = {"num_samples": int(num_samples), "data_seed": int(data_seed)}
+    generated = generated_arrays("mnist1d", arguments, lambda: _generate(**arguments), packages=("mnist1d",))
     return RawData(
         kind="classification",
         x_train=np.asarray(generated["x"], dtype=np.float64),
