@@ -47,8 +47,10 @@ onstart:
 
 onerror:
     from evomal.pipeline.preflight import finish_run
+    from evomal.pipeline.scheduler import cancel_scheduler_timers
 
     finish_run(HELD)
+    cancel_scheduler_timers()  # the process would wait up to a second for them before it exits
 
 
 from evomal.pipeline.progress import quiet_scheduler
@@ -59,9 +61,11 @@ quiet_scheduler(workflow)  # the default profile's --quiet also hides the schedu
 onsuccess:
     from evomal.pipeline.preflight import finish_run
     from evomal.results.report.verdict import print_run_summary
+    from evomal.pipeline.scheduler import cancel_scheduler_timers
 
     finish_run(HELD)
     print_run_summary(CFG)  # the verdict of each experiment and the `evomal show` command
+    cancel_scheduler_timers()
 
 
 include: "workflow/rules/common.smk"  # resolves the config: errors name the key and the allowed values

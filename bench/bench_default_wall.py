@@ -81,6 +81,9 @@ def main() -> None:
     ap.add_argument("--seeds", default="0-4", help="meta-test seeds, e.g. 0-4 or 0,1,2")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--workdir", default="/tmp/evomal-bench/default-wall")
+    ap.add_argument("--variants", default="old-off,old,new,new-threads",
+                    help="which to run, of old-off (the earlier tree, batching off), old (its defaults), new "
+                         "(this tree) and new-threads (this tree, job_processes false)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     root = Path(args.workdir)
@@ -88,12 +91,19 @@ def main() -> None:
     seeds = _seeds(args.seeds)
     config = _config(root / "config.yaml", seeds)
     old, old_env = _old_tree(args.old, root)
-    variants = [
-        (f"{args.old}, batching off", old / "Snakefile", old_env, ["--config", "batching=off"], "off"),
-        (f"{args.old}, defaults", old / "Snakefile", old_env, [], "auto"),
-        ("this tree, defaults", REPO / "Snakefile", {}, [], "auto"),
-        ("this tree, job_processes false", REPO / "Snakefile", {}, ["--config", "job_processes=false"], "auto"),
-    ]
+    known = {
+        "old-off": (f"{args.old}, batching off", old / "Snakefile", old_env, ["--config", "batching=off"], "off"),
+        "old": (f"{args.old}, defaults", old / "Snakefile", old_env, [], "auto"),
+        "new": ("this tree, defaults", REPO / "Snakefile", {}, [], "auto"),
+        "new-threads": ("this tree, job_processes false", REPO / "Snakefile", {}, ["--config", "job_processes=false"],
+                        "auto"),
+    }
+    chosen = args.variants.split(",")
+    unknown = sorted(set(chosen) - set(known))
+    if unknown or not {"old-off", "old"} & set(chosen):
+        raise SystemExit(f"--variants {args.variants}: unknown {unknown}, or no earlier tree (old-off, old) to "
+                         f"compare with; known: {sorted(known)}")
+    variants = [known[k] for k in chosen]
     subprocess.run([sys.executable, "-c", "from evomal.tasks.datasets import load_task; load_task('mnist1d', seed=0)"],
                    check=True)  # this tree's MNIST-1D cache is warm, as on any machine after its first run
     runs: dict[str, list[dict]] = {v[0]: [] for v in variants}
@@ -105,17 +115,18 @@ def main() -> None:
             runs[label].append(out)
             print(f"repeat {r + 1}: {label}: {out['wall']:.1f} s", flush=True)
     first = statistics.median(o["wall"] for o in runs[variants[0][0]])
-    reference = {b: runs[label][0]["tables"] for label, _, _, _, b in variants[:2]}
+    reference = {b: runs[label][0]["tables"] for label, snakefile, _, _, b in variants if snakefile != REPO / "Snakefile"}
     rows = []
     for label, _, _, _, batching in variants:
         wall = statistics.median(o["wall"] for o in runs[label])
         compute = statistics.median(o["compute"] for o in runs[label])
-        same = all(o["tables"] == reference[batching] for o in runs[label])
+        same = batching in reference and all(o["tables"] == reference[batching] for o in runs[label])
         rows.append([label, f"{wall:.0f}", f"{wall / first:.2f}", f"{wall * 2 / compute:.2f}",
                      "yes" if same else "**no**"])
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     text = "\n".join([
-        f"## {TITLE}", "", f"`python bench/bench_default_wall.py --seeds {args.seeds} --repeats {args.repeats}`", "",
+        f"## {TITLE}", "", f"`python bench/bench_default_wall.py --old {args.old} --seeds {args.seeds} "
+        f"--repeats {args.repeats} --variants {args.variants}`", "",
         f"config/config.yaml with meta-test seeds {seeds}, `snakemake --cores 2` (default profile) in an empty "
         f"folder, {args.repeats} repeat(s) interleaved, median wall; load average at the end {load} (1/5/15 min). "
         "Compute is the seconds the jobs record in `timings/` (threads of one process count the time they "

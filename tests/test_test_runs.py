@@ -3,6 +3,7 @@ the test split and the meta-test seeds per arm, and baseline / reference arms th
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -14,6 +15,7 @@ from evomal.learning.context import TrainingSettings, load_task_for, model_facto
 from evomal.learning.meta_testing import meta_test
 from evomal.losses.lossfile import load_loss, save_loss
 from evomal.pipeline.config import resolve_config
+from evomal.pipeline import contract
 from evomal.pipeline.contract import target_spec
 from evomal.pipeline.testing import (ArmRuns, meta_test_stage, read_arm_runs, arm_runs_stage,
                                      transfer_stage)
@@ -116,7 +118,41 @@ def test_baseline_and_reference_arms_need_no_search(tmp_path):
     dry = snakemake(tmp_path, "-n", *targets)
     table = dry.stdout + dry.stderr
     assert "test_run" in table
-    for rule in ("population", "filter", "optimize", "evaluate", "best", "finalists"):
+    for rule in ("population", "filter", "optimize", "evaluate", "best", "finalist_scores", "finalists"):
         assert f"\n{rule} " not in table, table
     learned = snakemake(tmp_path, "-n", "results/tiny/test_runs/meta_test-learned-evomal.json")
     assert "\nbest " in learned.stdout + learned.stderr
+
+
+def test_learned_arms_come_first_then_the_longest(exp):
+    """The scheduler's order of the test runs: below the search's priority 1, the learned arms first (they
+    wait for the search and end the run), then by training steps; ties keep the targets' order."""
+    arms = ["baseline", "references", "learned-evomal"]
+    prio = {(t, a): contract.test_run_priority(exp, arms, t, a) for t in contract.test_targets(exp) for a in arms}
+    assert all(0 < p < 1 for p in prio.values()) and len(set(prio.values())) == len(prio)
+    ranked = sorted(prio, key=prio.get, reverse=True)
+    # meta_test trains 30 steps, each transfer target 20; the references arm trains two losses
+    assert ranked == [("meta_test", "learned-evomal"), ("transfer_0", "learned-evomal"),
+                      ("transfer_1", "learned-evomal"), ("meta_test", "references"), ("transfer_0", "references"),
+                      ("transfer_1", "references"), ("meta_test", "baseline"), ("transfer_0", "baseline"),
+                      ("transfer_1", "baseline")]
+
+
+def test_the_scheduler_gets_the_test_run_priorities(tmp_path):
+    """A dry run shows each test_run job's priority from test_run_priority, and 1 for the search's jobs."""
+    write_config(tmp_path, tiny_config())
+    arms = ["baseline", "references", "learned-evomal"]
+    targets = [f"results/tiny/test_runs/{t}-{a}.json" for t in ("meta_test", "transfer_0") for a in arms]
+    dry = snakemake(tmp_path, "-n", "--quiet", "host", "--", *targets)
+    jobs = {}
+    for block in re.split(r"\n(?:rule|checkpoint) ", dry.stdout + dry.stderr)[1:]:
+        rule = block.split(":", 1)[0]
+        wildcards = dict(kv.split("=") for kv in block.split("wildcards: ")[1].split("\n")[0].split(", "))
+        priority = float(block.split("priority: ")[1].split("\n")[0]) if "priority: " in block.split("\n\n")[0] else 0
+        jobs.setdefault(rule, []).append((wildcards, priority))
+    exp = resolve_config(tiny_config())["experiments"]["tiny"]
+    run_arms = [a for a in arms if a != "references" or exp["meta_test"]["references"]]
+    got = {(w["target"], w["arm"]): p for w, p in jobs["test_run"]}
+    assert got == {(t, a): pytest.approx(contract.test_run_priority(exp, run_arms, t, a))
+                   for t in ("meta_test", "transfer_0") for a in run_arms}
+    assert {p for rule in ("population", "filter", "finalist_scores", "best") for _, p in jobs[rule]} == {1}

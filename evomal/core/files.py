@@ -229,5 +229,5 @@ def record_seconds(output_path, stage: str, seconds: float) -> None:
     """Compute seconds of a job, beside its output in ``timings/`` (kept out of the result files so those
     are identical whenever they are recomputed); the pipeline benchmark adds them up."""
     out = Path(output_path)
-    folder = out.parent.parent if out.parent.name in ("shards", "test_runs") else out.parent
+    folder = out.parent.parent if out.parent.name in ("shards", "test_runs", "finalist_scores") else out.parent
     write_json(folder / "timings" / f"{stage}.json", {"stage": stage, "seconds": seconds})

@@ -13,9 +13,11 @@ so a killed run leaves no worker writing files behind it.
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -37,9 +39,18 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)  # the run was killed: stop before writing anything more
 
 
+def _exit_now() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _init_worker(parent: int) -> None:
     os.environ[PARENT_ENV] = str(parent)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="evomal-parent-watch").start()
+    # a spawned worker ends with a full interpreter teardown (torch's takes about a second) that the run
+    # waits for before it exits; by then every job's files are written and closed, so skip it
+    atexit.register(_exit_now)
 
 
 def _warm() -> int:

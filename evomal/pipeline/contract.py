@@ -54,6 +54,17 @@ VECTOR_SUFFIX = ".svg"
 #: Columns of gen_<g>/fitness.tsv. No timings: the table is byte-identical whenever it is recomputed.
 TABLE_COLUMNS = ["id", "expression", "origin", "parents", "key", "decision", "reason", "reuse_of", "fitness"]
 FINALISTS = "finalists.tsv"
+#: the validation scores of one part of the finalists and the baseline: finalist_scores/part_<k>.json
+FINALIST_SCORES = "finalist_scores"
+
+
+def finalist_parts(exp: dict, shards: int) -> int:
+    """Jobs that train the finalists: one per shard, at most one per loss (the baseline included)."""
+    return max(1, min(int(shards), exp["selection"]["finalists"] + 1))
+
+
+def finalist_scores_file(part: int) -> str:
+    return f"{FINALIST_SCORES}/part_{part}.json"
 #: the ``id`` (and meta-test ``method``) of the task's own loss, cross-entropy / MSE
 BASELINE = "baseline"
 #: Columns of finalists.tsv; one ``seed_<s>`` column per validation seed goes after the first five.
@@ -84,6 +95,29 @@ def target_spec(exp: dict, target: str) -> dict:
             return {"dataset": t["dataset"], "model": t["model"], "steps": t.get("steps", exp["meta_test"]["steps"])}
     raise ValueError(f"unknown test target {target!r}: expected {META_TEST_TARGET!r} or "
                      f"{TRANSFER_PREFIX}<i> for i < {len(exp['transfer'])}")
+
+
+def test_targets(exp: dict) -> list[str]:
+    """``meta_test``, then ``transfer_<i>`` for each transfer target of the experiment's config."""
+    return [META_TEST_TARGET] + [f"{TRANSFER_PREFIX}{i}" for i in range(len(exp["transfer"]))]
+
+
+def test_run_priority(exp: dict, arms: list[str], target: str, arm: str) -> float:
+    """The scheduler's priority of a test run, in (0, 1) (the search's rules have 1): the test runs ranked
+    with the learned arms first, then the most training steps first (ties: the targets' order).
+
+    The learned arms wait for the search and its finalists, so they are the ones that end a run; the
+    baseline and reference arms fill cores while the search runs. Longest first leaves the shortest runs
+    for the end, when the last of them keep one core busy while the other has nothing left to run."""
+    targets = test_targets(exp)
+
+    def key(run: tuple[str, str]) -> tuple:
+        t, a = run
+        losses = len(exp["meta_test"]["references"]) if a == REFERENCES_ARM else 1
+        return (a.startswith(LEARNED_PREFIX), losses * target_spec(exp, t)["steps"], -targets.index(t))
+
+    ranked = sorted(((t, a) for t in targets for a in arms), key=key)  # stable: the arms' order breaks ties
+    return (ranked.index((target, arm)) + 1) / (len(ranked) + 1)
 
 
 def check_record(exp_dir: str | Path, generation: int) -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,7 @@ from evomal.core.files import record_seconds
 from evomal.core.joblog import JobLog
 from evomal.core.workers import in_worker
 from evomal.gp.expressions import parse
-from evomal.learning.context import TrainingSettings, use_threads
+from evomal.learning.context import use_threads
 from evomal.pipeline.contract import BASELINE, FINALIST_COLUMNS, candidate_dir, learned_beats_baseline
 from evomal.pipeline.faults import failpoint
 from evomal.pipeline.stage_inputs import learning_setup
@@ -74,33 +75,75 @@ def finalists_table(finalists: list[dict], scores, seeds) -> pd.DataFrame:
     return frame
 
 
+def _finalists(archive_path, exp: dict) -> list[dict]:
+    finalists = search_finalists(files.read_json(archive_path), exp["selection"]["finalists"])
+    if not finalists:
+        raise RuntimeError(f"{archive_path}: no candidate of the search reached a finite fitness; "
+                           "nothing to select (see the generations' fitness.tsv for the reasons)")
+    return finalists
+
+
+def finalist_names(finalists: list[dict], part: int, parts: int) -> list[str]:
+    """The losses of one finalists job: the baseline, then the finalists, dealt round-robin over ``parts``."""
+    return ([BASELINE] + [e["id"] for e in finalists])[part::parts]
+
+
 @in_worker
-def finalists_stage(archive_path, results_dir, out_table, *, exp: dict, device: str = "cpu",
-                    log: str | None = None, threads: int = 1, batching: str = "off") -> None:
-    """Train the finalists and the baseline from scratch over the validation seeds; write finalists.tsv."""
+def finalist_scores_stage(archive_path, results_dir, out_path, *, exp: dict, part: int, parts: int,
+                          device: str = "cpu", log: str | None = None, threads: int = 1,
+                          batching: str = "off") -> None:
+    """One part of the finalists and the baseline (finalist_names), each trained from scratch over the
+    validation seeds and scored on the validation split: ``finalist_scores/part_<part>.json``. A run's
+    score does not depend on which runs train beside it (stacked groups included: tests/test_batched.py),
+    so the parts give the scores of one job, on as many cores as there are parts."""
     use_threads(threads)
     from evomal.learning.batched import use_batching
     from evomal.learning.finalists import score_on_validation
     from evomal.losses.modules import baseline_loss
 
     t0 = time.perf_counter()
-    say = JobLog(log, echo=True, prefix="finalists: ")
-    archive = files.read_json(archive_path)
-    sel, mt = exp["selection"], exp["meta_test"]
-    finalists = search_finalists(archive, sel["finalists"])
-    if not finalists:
-        raise RuntimeError(f"{archive_path}: no candidate of the search reached a finite fitness; "
-                           "nothing to select (see the generations' fitness.tsv for the reasons)")
-    dev, task, build, _ = learning_setup(exp, device)
-    settings = TrainingSettings.from_config(exp["training"])
-    losses = {BASELINE: baseline_loss(task.kind)}
-    losses.update({e["id"]: _candidate_loss(results_dir, e, dev) for e in finalists})
-    steps = sel["steps"] or mt["steps"]
-    scores = score_on_validation(losses, task, build, seeds=sel["seeds"], steps=steps,
-                                 milestones=mt["milestones"], gamma=mt["gamma"],
-                                 batched=use_batching(batching, build(0), dev), **settings.optimizer_kwargs())
-    frame = finalists_table(finalists, scores, sel["seeds"])
+    finalists = _finalists(archive_path, exp)
+    names, mt = finalist_names(finalists, part, parts), exp["meta_test"]
+    dev, task, build, settings = learning_setup(exp, device)
+    by_id = {e["id"]: e for e in finalists}
+    losses = {n: baseline_loss(task.kind) if n == BASELINE else _candidate_loss(results_dir, by_id[n], dev)
+              for n in names}
+    scores = [] if not losses else score_on_validation(
+        losses, task, build, seeds=exp["selection"]["seeds"], steps=exp["selection"]["steps"] or mt["steps"],
+        milestones=mt["milestones"], gamma=mt["gamma"], batched=use_batching(batching, build(0), dev),
+        **settings.optimizer_kwargs())
     failpoint("finalists")
+    files.write_json(out_path, {"part": int(part), "names": names, "scores": [asdict(v) for v in scores]})
+    record_seconds(out_path, f"finalists_part_{part}", time.perf_counter() - t0)
+    JobLog(log)(f"part {part} of {parts}: {names}, {len(scores)} runs in {time.perf_counter() - t0:.1f}s")
+
+
+def read_finalist_scores(path, names: list[str], seeds: list[int]) -> list:
+    """The scores of a ``finalist_scores/part_<k>.json``: each of ``names`` for each seed (seed-major),
+    or ResultFileError."""
+    from evomal.learning.finalists import ValidationScore
+
+    doc = files.read_json(path)
+    try:
+        scores = [ValidationScore(d["name"], int(d["seed"]), files.number(d["metric"]), d["reason"])
+                  for d in doc["scores"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise files.ResultFileError(f"corrupted results file {path}: {exc!r}") from None
+    expected = [(n, int(s)) for s in seeds for n in names]
+    if [(v.name, v.seed) for v in scores] != expected:
+        raise files.ResultFileError(f"{path}: scores of {[(v.name, v.seed) for v in scores]}, expected "
+                                    f"{expected}; delete the file to train it again")
+    return scores
+
+
+def finalists_stage(archive_path, score_paths, out_table, *, exp: dict, log: str | None = None) -> None:
+    """finalists.tsv from the scores of the finalists' parts (finalist_scores_stage), one per path."""
+    t0 = time.perf_counter()
+    say = JobLog(log, echo=True, prefix="finalists: ")
+    finalists, seeds = _finalists(archive_path, exp), exp["selection"]["seeds"]
+    scores = [v for part, path in enumerate(score_paths)
+              for v in read_finalist_scores(path, finalist_names(finalists, part, len(score_paths)), seeds)]
+    frame = finalists_table(finalists, scores, seeds)
     files.write_tsv(out_table, frame)
     record_seconds(out_table, "finalists", time.perf_counter() - t0)
     for row in frame.itertuples():

@@ -8,13 +8,18 @@ from evomal.methods import get_method
 from evomal.pipeline.contract import CMAES_STATE, PLOT_FILES, SUMMARY_HTML, SUMMARY_MD, active_shards, results_inputs
 from evomal.pipeline.contract import (
     BASELINE_ARM,
+    FINALIST_SCORES,
     LEARNED_PREFIX,
     META_TEST_TARGET,
     REFERENCES_ARM,
     TEST_RUNS,
     TRANSFER_PREFIX,
+    finalist_parts,
+    finalist_scores_file,
     target_spec,
     test_run_file,
+    test_run_priority,
+    test_targets,
 )
 
 CFG = resolve_config(config)
@@ -123,6 +128,12 @@ def learned_losses(wildcards):
     return losses
 
 
+def finalist_score_files(wildcards):
+    """finalist_scores/part_<k>.json of each part of the finalists (one per shard, at most one per loss)."""
+    d = f"{RESULTS}/{wildcards.experiment}"
+    return [f"{d}/{finalist_scores_file(k)}" for k in range(finalist_parts(exp_of(wildcards), CFG["shards"]))]
+
+
 # --- meta-test and transfer: one test_run job per (target, arm), workflow/rules/testing.smk
 def test_arms(wildcards):
     """baseline, references (when the config names any), then each learned loss (learned-<method>)."""
@@ -138,8 +149,7 @@ def test_run_files(wildcards, target):
 
 def transfer_run_files(wildcards):
     """target -> its arms' files, for every transfer target of the config (transfer_<i>)."""
-    targets = [f"{TRANSFER_PREFIX}{i}" for i in range(len(exp_of(wildcards)["transfer"]))]
-    return {t: test_run_files(wildcards, t) for t in targets}
+    return {t: test_run_files(wildcards, t) for t in test_targets(exp_of(wildcards))[1:]}
 
 
 def test_run_inputs(wildcards):
@@ -147,6 +157,11 @@ def test_run_inputs(wildcards):
     if wildcards.arm.startswith(LEARNED_PREFIX):
         return {"loss": learned_losses(wildcards)[wildcards.arm[len(LEARNED_PREFIX) :]]}
     return {}
+
+
+def run_priority(wildcards):
+    """Learned arms first, then the longest (evomal.pipeline.contract.test_run_priority)."""
+    return test_run_priority(exp_of(wildcards), test_arms(wildcards), wildcards.target, wildcards.arm)
 
 
 def test_run_params(wildcards):

@@ -1,9 +1,11 @@
 # Per-shard stages of a generation: loss compilation, unrolled optimisation, evaluation; best-loss selection.
 
 
-# compiling is milliseconds per candidate: never worth a cluster job
+# compiling is milliseconds per candidate, the finalists' table and the best loss read finished files:
+# never worth a cluster job
 localrules:
     compile,
+    finalists,
     best,
 
 
@@ -90,16 +92,18 @@ rule evaluate:
         )
 
 
-rule finalists:
+# The finalists and the baseline train in parts, one job per shard, so that when the search ends its
+# cores train them side by side; the table then only reads the parts' scores.
+rule finalist_scores:
     input:
         lambda w: gen_path(w.experiment, last_generation(w.experiment), "archive.json"),
     output:
-        f"{EXP_DIR}/finalists.tsv",
+        f"{EXP_DIR}/{FINALIST_SCORES}/part_{{part}}.json",
     log:
-        f"{LOGS}/finalists.log",
+        f"{LOGS}/{FINALIST_SCORES}/part_{{part}}.log",
+    wildcard_constraints:
+        part=r"\d+",
     priority: 1
-    # one thread: when the search ends, the test runs of the baseline and references are still training;
-    # with two (1.4x when alone) it waited for both cores to be free (docs/benchmarks.md)
     threads: 1
     resources:
         runtime=240,
@@ -107,17 +111,41 @@ rule finalists:
         selection=lambda w: exp_of(w)["selection"],
         meta_test=lambda w: exp_of(w)["meta_test"],
         training=lambda w: exp_of(w)["training"],
+        parts=lambda w: finalist_parts(exp_of(w), CFG["shards"]),
     run:
-        from evomal.pipeline.selection import finalists_stage
+        from evomal.pipeline.selection import finalist_scores_stage
 
-        finalists_stage(
+        finalist_scores_stage(
             input[0],
             f"{RESULTS}/{wildcards.experiment}",
             output[0],
             exp=exp_of(wildcards),
+            part=int(wildcards.part),
+            parts=params.parts,
             **LEARNING_OPTIONS,
             log=log[0],
             threads=threads,
+        )
+
+
+rule finalists:
+    input:
+        archive=lambda w: gen_path(w.experiment, last_generation(w.experiment), "archive.json"),
+        scores=finalist_score_files,
+    output:
+        f"{EXP_DIR}/finalists.tsv",
+    log:
+        f"{LOGS}/finalists.log",
+    priority: 1
+    run:
+        from evomal.pipeline.selection import finalists_stage
+
+        finalists_stage(
+            input.archive,
+            list(input.scores),
+            output[0],
+            exp=exp_of(wildcards),
+            log=log[0],
         )
 
 

@@ -1,8 +1,10 @@
 # Population initialisation and breeding, filtering (a checkpoint), gathering a generation.
 
 
-# The search's rules have priority 1: when a core is free the scheduler gives it to the search, and the
-# test runs of the baseline and references (priority 0, they need no search) fill the cores it leaves idle.
+# Every rule but test_run has priority 1: when a core is free the scheduler gives it to the search and
+# its bookkeeping (tracking, checks, plots: seconds each), and the test runs (priorities below 1,
+# workflow/rules/testing.smk) fill the cores they leave idle: the baseline and reference arms need no
+# search, so they train while it runs.
 
 
 # bookkeeping and breeding take milliseconds: never worth a cluster job

@@ -1,6 +1,7 @@
 # Meta-testing (the learned loss from scratch against the baseline) and transfer to other tasks.
 # Each (target, arm) trains in a job of its own: the baseline and reference arms need no search, so
 # they fill the cores the search leaves idle; meta_test and transfer only put the arms into tables.
+# Priorities below the search's: the learned arms first, then the longest (run_priority).
 
 
 # tables of finished runs: pandas, no training
@@ -19,6 +20,7 @@ rule test_run:
     wildcard_constraints:
         target=rf"{META_TEST_TARGET}|{TRANSFER_PREFIX}\d+",
         arm=rf"{BASELINE_ARM}|{REFERENCES_ARM}|{LEARNED_PREFIX}[A-Za-z0-9_.-]+",
+    priority: run_priority
     threads: 1
     resources:
         runtime=240,
@@ -48,6 +50,7 @@ rule meta_test:
         curves=f"{EXP_DIR}/meta_test_curves.json",
     log:
         f"{LOGS}/meta_test.log",
+    priority: 1
     run:
         from evomal.pipeline.testing import meta_test_stage
 
@@ -63,6 +66,7 @@ rule transfer:
         curves=f"{EXP_DIR}/transfer_curves.json",
     log:
         f"{LOGS}/transfer.log",
+    priority: 1
     run:
         from evomal.pipeline.testing import transfer_stage
 
