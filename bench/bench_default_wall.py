@@ -61,17 +61,36 @@ def _old_tree(commit: str, root: Path) -> tuple[Path, dict]:
     return tree, {"PYTHONPATH": f"{site}:{tree}"}
 
 
+def _idle(jobs: list[tuple[float, float]], start: float, end: float, cores: int = 2) -> dict:
+    """Core-seconds with no job at work: before the first job (start-up), between the first job's start
+    and the last one's end, and after it (the end of the run); ``jobs`` are (start, end) wall times."""
+    if not jobs:
+        return {}
+    first, last = min(a for a, _ in jobs), max(b for _, b in jobs)
+    events = sorted([(a, 1) for a, _ in jobs] + [(b, -1) for _, b in jobs])
+    busy, at, inside = 0, first, 0.0
+    for t, step in events:
+        inside += max(0, cores - busy) * (t - at)
+        busy, at = busy + step, t
+    return {"start-up": cores * (first - start), "between": inside, "end": cores * (end - last)}
+
+
 def _run(snakefile: Path, env: dict, config: Path, workdir: Path, extra: list[str]) -> dict:
     subprocess.run(["rm", "-rf", str(workdir)], check=True)
     workdir.mkdir(parents=True)
+    start = time.time()
     t0 = time.perf_counter()
     proc = subprocess.run([str(SNAKEMAKE), "-s", str(snakefile), "--configfile", str(config), "--cores", "2", *extra],
                           cwd=workdir, capture_output=True, text=True, env={**os.environ, **env}, timeout=3600)
     wall = time.perf_counter() - t0
     exp = next((workdir / "results").glob("*/meta_test.tsv")).parent if proc.returncode == 0 else None
-    compute = sum(json.loads(p.read_text())["seconds"] for p in (workdir / "results").rglob("timings/*.json"))
+    end = time.time()
+    timings = [json.loads(p.read_text()) for p in (workdir / "results").rglob("timings/*.json")]
+    compute = sum(t["seconds"] for t in timings)
+    # trees before the timings carried their end time give no layout
+    idle = _idle([(t["end"] - t["seconds"], t["end"]) for t in timings if "end" in t], start, end)
     tables = {n: (exp / n).read_bytes() for n in ("meta_test.tsv", "transfer.tsv")} if exp else {}
-    return {"rc": proc.returncode, "wall": wall, "compute": compute, "tables": tables,
+    return {"rc": proc.returncode, "wall": wall, "compute": compute, "tables": tables, "idle": idle,
             "tail": (proc.stdout + proc.stderr)[-2000:]}
 
 
@@ -113,16 +132,27 @@ def main() -> None:
             if out["rc"] != 0:
                 raise SystemExit(f"{label}: snakemake failed ({out['rc']}):\n{out['tail']}")
             runs[label].append(out)
-            print(f"repeat {r + 1}: {label}: {out['wall']:.1f} s", flush=True)
+            idle = ", ".join(f"{k} {v:.1f}" for k, v in out["idle"].items())
+            print(f"repeat {r + 1}: {label}: {out['wall']:.1f} s, wall x 2 / compute "
+                  f"{out['wall'] * 2 / out['compute']:.2f}" + (f"; idle core-seconds: {idle}" if idle else ""),
+                  flush=True)
     first = statistics.median(o["wall"] for o in runs[variants[0][0]])
-    reference = {b: runs[label][0]["tables"] for label, snakefile, _, _, b in variants if snakefile != REPO / "Snakefile"}
+    # the same repeat's runs follow one another, so their ratio cancels most of a shared machine's drift
+    base = runs[variants[0][0]]
+    paired = {label: statistics.median(o["wall"] / f["wall"] for o, f in zip(runs[label], base))
+              for label, *_ in variants}
+    reference = {b: runs[label][0]["tables"] for label, snakefile, _, _, b in variants
+                 if snakefile != REPO / "Snakefile"}
     rows = []
     for label, _, _, _, batching in variants:
         wall = statistics.median(o["wall"] for o in runs[label])
         compute = statistics.median(o["compute"] for o in runs[label])
         same = batching in reference and all(o["tables"] == reference[batching] for o in runs[label])
-        rows.append([label, f"{wall:.0f}", f"{wall / first:.2f}", f"{wall * 2 / compute:.2f}",
-                     "yes" if same else "**no**"])
+        walls = ", ".join(f"{o['wall']:.0f}" for o in runs[label])
+        idle = " / ".join(f"{statistics.median(o['idle'][k] for o in runs[label]):.1f}"
+                          for k in ("start-up", "between", "end")) if runs[label][0]["idle"] else "-"
+        rows.append([label, f"{wall:.0f} ({walls})", f"{wall / first:.2f}", f"{paired[label]:.2f}",
+                     f"{wall * 2 / compute:.2f}", idle, "yes" if same else "**no**"])
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     text = "\n".join([
         f"## {TITLE}", "", f"`python bench/bench_default_wall.py --old {args.old} --seeds {args.seeds} "
@@ -130,9 +160,13 @@ def main() -> None:
         f"config/config.yaml with meta-test seeds {seeds}, `snakemake --cores 2` (default profile) in an empty "
         f"folder, {args.repeats} repeat(s) interleaved, median wall; load average at the end {load} (1/5/15 min). "
         "Compute is the seconds the jobs record in `timings/` (threads of one process count the time they "
-        "wait for the interpreter lock too). Same tables: meta_test.tsv and transfer.tsv byte for byte those "
+        "wait for the interpreter lock too). Idle core-seconds (this tree's timings carry each job's end): "
+        "before the first job starts, between the first job's start and the last one's end, and after it "
+        "until the process exits. Same tables: meta_test.tsv and transfer.tsv byte for byte those "
         f"of {args.old} with the same batching.", "",
-        md_table(["variant", "wall (s)", "ratio", "wall x 2 cores / compute", "same tables"], rows), ""])
+        md_table(["variant", "wall (s): median (each repeat)", "ratio of medians", "median of the repeats' ratios",
+                  "wall x 2 cores / compute", "idle core-seconds: start-up / between jobs / end", "same tables"],
+                 rows), ""])
     print(text)
     if not args.no_write:
         write_section(DOC, TITLE, text)

@@ -7,7 +7,7 @@ import torch
 
 from evomal.core import files
 from evomal.gp.expressions import parse
-from evomal.learning.context import load_task_for, model_factory
+from evomal.learning.context import TrainingSettings, load_task_for, model_factory
 from evomal.learning.finalists import score_on_validation
 from evomal.losses.lossfile import load_loss, save_loss
 from evomal.losses.modules import baseline_loss
@@ -15,7 +15,6 @@ from evomal.pipeline.config import resolve_config
 from evomal.pipeline.contract import BASELINE, candidate_dir, finalist_parts, finalist_scores_file
 from evomal.pipeline.selection import (finalist_names, finalist_scores_stage, finalists_stage, finalists_table,
                                        read_finalist_scores)
-from evomal.learning.context import TrainingSettings
 from workflow_utils import tiny_config
 
 EXPRESSIONS = ["mul(-1, mul(add(y, 1), log(f)))", "square(sub(y, f))", "mul(-1, mul(y, log(f)))",
@@ -63,8 +62,9 @@ def test_parts_give_the_table_of_one_job_training_every_loss(tmp_path, search, b
     build = model_factory(exp["model"], task, torch.device("cpu"))
     losses = {BASELINE: baseline_loss(task.kind)}
     for e in sorted(entries, key=lambda e: e["fitness"]):
-        loss = load_loss(candidate_dir(tmp_path / "gen_0", e["id"]) / "loss.json")
-        loss.weights.data.copy_(files.read_tensors(candidate_dir(tmp_path / "gen_0", e["id"]) / "optimized.pt")["weights"])
+        cdir = candidate_dir(tmp_path / "gen_0", e["id"])
+        loss = load_loss(cdir / "loss.json")
+        loss.weights.data.copy_(files.read_tensors(cdir / "optimized.pt")["weights"])
         losses[e["id"]] = loss
     sel = exp["selection"]
     scores = score_on_validation(losses, task, build, seeds=sel["seeds"], steps=sel["steps"],

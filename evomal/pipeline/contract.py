@@ -56,15 +56,6 @@ TABLE_COLUMNS = ["id", "expression", "origin", "parents", "key", "decision", "re
 FINALISTS = "finalists.tsv"
 #: the validation scores of one part of the finalists and the baseline: finalist_scores/part_<k>.json
 FINALIST_SCORES = "finalist_scores"
-
-
-def finalist_parts(exp: dict, shards: int) -> int:
-    """Jobs that train the finalists: one per shard, at most one per loss (the baseline included)."""
-    return max(1, min(int(shards), exp["selection"]["finalists"] + 1))
-
-
-def finalist_scores_file(part: int) -> str:
-    return f"{FINALIST_SCORES}/part_{part}.json"
 #: the ``id`` (and meta-test ``method``) of the task's own loss, cross-entropy / MSE
 BASELINE = "baseline"
 #: Columns of finalists.tsv; one ``seed_<s>`` column per validation seed goes after the first five.
@@ -95,6 +86,15 @@ def target_spec(exp: dict, target: str) -> dict:
             return {"dataset": t["dataset"], "model": t["model"], "steps": t.get("steps", exp["meta_test"]["steps"])}
     raise ValueError(f"unknown test target {target!r}: expected {META_TEST_TARGET!r} or "
                      f"{TRANSFER_PREFIX}<i> for i < {len(exp['transfer'])}")
+
+
+def finalist_parts(exp: dict, shards: int) -> int:
+    """Jobs that train the finalists: one per shard, at most one per loss (the baseline included)."""
+    return max(1, min(int(shards), exp["selection"]["finalists"] + 1))
+
+
+def finalist_scores_file(part: int) -> str:
+    return f"{FINALIST_SCORES}/part_{part}.json"
 
 
 def test_targets(exp: dict) -> list[str]:

@@ -94,7 +94,7 @@ def finalist_scores_stage(archive_path, results_dir, out_path, *, exp: dict, par
                           batching: str = "off") -> None:
     """One part of the finalists and the baseline (finalist_names), each trained from scratch over the
     validation seeds and scored on the validation split: ``finalist_scores/part_<part>.json``. A run's
-    score does not depend on which runs train beside it (stacked groups included: tests/test_batched.py),
+    score does not depend on which runs train beside it (stacked groups included: tests/test_finalist_parts.py),
     so the parts give the scores of one job, on as many cores as there are parts."""
     use_threads(threads)
     from evomal.learning.batched import use_batching
