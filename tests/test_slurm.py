@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slurm
 PROFILE = REPO / "workflow" / "profiles" / "slurm-local-test"
 PARTITION = "local"  # what the local-test profile submits to
 #: rules that must have run as SLURM jobs (the others are `localrules` and run inside Snakemake)
-CLUSTER_RULES = {"filter", "optimize", "evaluate", "test_run"}
+CLUSTER_RULES = {"filter", "optimize", "evaluate", "finalist_scores", "test_run"}
 #: a failing SLURM job must end the run, not leave it waiting: a hang guard for the whole run (the
 #: status checks run every 5 s + 10 s per miss, ~50 s; seconds are never asserted, the machine may be loaded)
 FAIL_HANG_GUARD_S = 240
@@ -142,13 +142,13 @@ def test_tiny_pipeline_completes_on_slurm(slurm_run):
     output = proc.stdout + proc.stderr
     assert "has been submitted with SLURM jobid" in output
     logs = slurm_logs(workdir)
-    # the heavy rules ran as SLURM jobs (one per rule here; test_run: the baseline, reference and learned
-    # arms of the meta-test), the bookkeeping rules did not
+    # the heavy rules ran as SLURM jobs (one per rule here, the finalists in one part as there is one shard;
+    # test_run: the baseline, reference and learned arms of the meta-test), the bookkeeping rules did not
     assert CLUSTER_RULES <= set(logs), logs
     assert {rule: len(logs[rule]) for rule in CLUSTER_RULES} == {"filter": 1, "optimize": 1, "evaluate": 1,
-                                                                 "test_run": 3}, logs
-    assert not set(logs) & {"population", "compile", "gather", "best", "report", "track", "tracking_init",
-                            "meta_test", "transfer"}
+                                                                 "finalist_scores": 1, "test_run": 3}, logs
+    assert not set(logs) & {"population", "compile", "gather", "finalists", "best", "report", "track",
+                            "tracking_init", "meta_test", "transfer"}
     for rule in CLUSTER_RULES:
         for log in logs[rule]:
             assert f"Finished jobid: 0 (Rule: {rule})" in log.read_text(), log

@@ -113,7 +113,7 @@ def finalist_scores_stage(archive_path, results_dir, out_path, *, exp: dict, par
         milestones=mt["milestones"], gamma=mt["gamma"], batched=use_batching(batching, build(0), dev),
         **settings.optimizer_kwargs())
     failpoint("finalists")
-    files.write_json(out_path, {"part": int(part), "names": names, "scores": [asdict(v) for v in scores]})
+    files.write_json(out_path, {"part": int(part), "scores": [asdict(v) for v in scores]})
     record_seconds(out_path, f"finalists_part_{part}", time.perf_counter() - t0)
     JobLog(log)(f"part {part} of {parts}: {names}, {len(scores)} runs in {time.perf_counter() - t0:.1f}s")
 

@@ -149,7 +149,7 @@ def test_run_files(wildcards, target):
 
 def transfer_run_files(wildcards):
     """target -> its arms' files, for every transfer target of the config (transfer_<i>)."""
-    return {t: test_run_files(wildcards, t) for t in test_targets(exp_of(wildcards))[1:]}
+    return {t: test_run_files(wildcards, t) for t in test_targets(exp_of(wildcards)) if t != META_TEST_TARGET}
 
 
 def test_run_inputs(wildcards):

@@ -98,7 +98,7 @@ rule finalist_scores:
     input:
         lambda w: gen_path(w.experiment, last_generation(w.experiment), "archive.json"),
     output:
-        f"{EXP_DIR}/{FINALIST_SCORES}/part_{{part}}.json",
+        f"{EXP_DIR}/{finalist_scores_file('{part}')}",
     log:
         f"{LOGS}/{FINALIST_SCORES}/part_{{part}}.log",
     wildcard_constraints:

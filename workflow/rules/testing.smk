@@ -14,7 +14,7 @@ rule test_run:
     input:
         unpack(test_run_inputs),
     output:
-        f"{EXP_DIR}/{TEST_RUNS}/{{target}}-{{arm}}.json",
+        f"{EXP_DIR}/{test_run_file('{target}', '{arm}')}",
     log:
         f"{LOGS}/{TEST_RUNS}/{{target}}-{{arm}}.log",
     wildcard_constraints:
