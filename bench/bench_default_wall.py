@@ -9,10 +9,11 @@ the settings before round 3 raised them to ten) in an empty folder, one after an
 repeats interleaved so that load on a shared machine falls on all of them alike. The earlier tree is
 checked out with `git worktree` and imported instead of the installed package (a sitecustomize drops the
 editable install's finder). Variants: the earlier tree with `batching: off` (the one-by-one path of
-round 2) and with its defaults; this tree with its defaults and with `job_processes: false`. It prints
-each variant's wall time and its ratio to the first, wall x cores / compute (compute: the seconds the
-jobs record in timings/), and whether meta_test.tsv and transfer.tsv are byte for byte those of the
-earlier tree with the same batching.
+round 2) and with its defaults; this tree with its defaults, with `job_processes: false` and with
+Snakemake's ILP scheduler. It prints each variant's wall time and its ratio to the first, wall x cores /
+compute (compute: the seconds the jobs record in timings/), CPU / (wall x cores) (CPU: the user and
+system time of every process of the run), and whether meta_test.tsv and transfer.tsv are byte for byte
+those of the earlier tree with the same batching.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -80,9 +82,14 @@ def _run(snakefile: Path, env: dict, config: Path, workdir: Path, extra: list[st
     workdir.mkdir(parents=True)
     start = time.time()
     t0 = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([str(SNAKEMAKE), "-s", str(snakefile), "--configfile", str(config), "--cores", "2", *extra],
                           cwd=workdir, capture_output=True, text=True, env={**os.environ, **env}, timeout=3600)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # every process of the run (Snakemake, its workers, the solver it starts) is waited for, so its CPU
+    # time lands here: busy cores by any work, where compute counts only what the jobs time
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     exp = next((workdir / "results").glob("*/meta_test.tsv")).parent if proc.returncode == 0 else None
     end = time.time()
     timings = [json.loads(p.read_text()) for p in (workdir / "results").rglob("timings/*.json")]
@@ -90,7 +97,7 @@ def _run(snakefile: Path, env: dict, config: Path, workdir: Path, extra: list[st
     # trees before the timings carried their end time give no layout
     idle = _idle([(t["end"] - t["seconds"], t["end"]) for t in timings if "end" in t], start, end)
     tables = {n: (exp / n).read_bytes() for n in ("meta_test.tsv", "transfer.tsv")} if exp else {}
-    return {"rc": proc.returncode, "wall": wall, "compute": compute, "tables": tables, "idle": idle,
+    return {"rc": proc.returncode, "wall": wall, "compute": compute, "cpu": cpu, "tables": tables, "idle": idle,
             "tail": (proc.stdout + proc.stderr)[-2000:]}
 
 
@@ -102,7 +109,8 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/evomal-bench/default-wall")
     ap.add_argument("--variants", default="old-off,old,new,new-threads",
                     help="which to run, of old-off (the earlier tree, batching off), old (its defaults), new "
-                         "(this tree) and new-threads (this tree, job_processes false)")
+                         "(this tree), new-threads (this tree, job_processes false) and new-ilp (this tree with "
+                         "Snakemake's ILP scheduler)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     root = Path(args.workdir)
@@ -116,6 +124,7 @@ def main() -> None:
         "new": ("this tree, defaults", REPO / "Snakefile", {}, [], "auto"),
         "new-threads": ("this tree, job_processes false", REPO / "Snakefile", {}, ["--config", "job_processes=false"],
                         "auto"),
+        "new-ilp": ("this tree, ILP scheduler", REPO / "Snakefile", {}, ["--scheduler", "ilp"], "auto"),
     }
     chosen = args.variants.split(",")
     unknown = sorted(set(chosen) - set(known))
@@ -134,7 +143,8 @@ def main() -> None:
             runs[label].append(out)
             idle = ", ".join(f"{k} {v:.1f}" for k, v in out["idle"].items())
             print(f"repeat {r + 1}: {label}: {out['wall']:.1f} s, wall x 2 / compute "
-                  f"{out['wall'] * 2 / out['compute']:.2f}" + (f"; idle core-seconds: {idle}" if idle else ""),
+                  f"{out['wall'] * 2 / out['compute']:.2f}, CPU / (wall x 2) {out['cpu'] / (out['wall'] * 2):.2f}"
+                  + (f"; idle core-seconds: {idle}" if idle else ""),
                   flush=True)
     first = statistics.median(o["wall"] for o in runs[variants[0][0]])
     # the same repeat's runs follow one another, so their ratio cancels most of a shared machine's drift
@@ -147,12 +157,13 @@ def main() -> None:
     for label, _, _, _, batching in variants:
         wall = statistics.median(o["wall"] for o in runs[label])
         compute = statistics.median(o["compute"] for o in runs[label])
+        busy = statistics.median(o["cpu"] / (o["wall"] * 2) for o in runs[label])
         same = batching in reference and all(o["tables"] == reference[batching] for o in runs[label])
         walls = ", ".join(f"{o['wall']:.0f}" for o in runs[label])
         idle = " / ".join(f"{statistics.median(o['idle'][k] for o in runs[label]):.1f}"
                           for k in ("start-up", "between", "end")) if runs[label][0]["idle"] else "-"
         rows.append([label, f"{wall:.0f} ({walls})", f"{wall / first:.2f}", f"{paired[label]:.2f}",
-                     f"{wall * 2 / compute:.2f}", idle, "yes" if same else "**no**"])
+                     f"{wall * 2 / compute:.2f}", f"{busy:.2f}", idle, "yes" if same else "**no**"])
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     text = "\n".join([
         f"## {TITLE}", "", f"`python bench/bench_default_wall.py --old {args.old} --seeds {args.seeds} "
@@ -160,12 +171,15 @@ def main() -> None:
         f"config/config.yaml with meta-test seeds {seeds}, `snakemake --cores 2` (default profile) in an empty "
         f"folder, {args.repeats} repeat(s) interleaved, median wall; load average at the end {load} (1/5/15 min). "
         "Compute is the seconds the jobs record in `timings/` (threads of one process count the time they "
-        "wait for the interpreter lock too). Idle core-seconds (this tree's timings carry each job's end): "
+        "wait for the interpreter lock too). CPU is the user and system time of every process of the run "
+        "(Snakemake, its workers, the solvers it starts): CPU / (wall x 2) is how busy the two cores were with "
+        "any work, bookkeeping and imports included. Idle core-seconds (this tree's timings carry each job's end): "
         "before the first job starts, between the first job's start and the last one's end, and after it "
         "until the process exits. Same tables: meta_test.tsv and transfer.tsv byte for byte those "
         f"of {args.old} with the same batching.", "",
         md_table(["variant", "wall (s): median (each repeat)", "ratio of medians", "median of the repeats' ratios",
-                  "wall x 2 cores / compute", "idle core-seconds: start-up / between jobs / end", "same tables"],
+                  "wall x 2 cores / compute", "CPU / (wall x 2 cores)",
+                  "idle core-seconds: start-up / between jobs / end", "same tables"],
                  rows), ""])
     print(text)
     if not args.no_write:

@@ -125,11 +125,11 @@ def test_baseline_and_reference_arms_need_no_search(tmp_path):
 
 
 def test_learned_arms_come_first_then_the_longest(exp):
-    """The scheduler's order of the test runs: below the search's priority 1, the learned arms first (they
+    """The scheduler's order of the test runs: below the search's and its bookkeeping's, the learned arms first (they
     wait for the search and end the run), then by training steps; ties keep the targets' order."""
     arms = ["baseline", "references", "learned-evomal"]
     prio = {(t, a): contract.test_run_priority(exp, arms, t, a) for t in contract.test_targets(exp) for a in arms}
-    assert all(0 < p < 1 for p in prio.values()) and len(set(prio.values())) == len(prio)
+    assert all(0 < p < contract.BOOKKEEPING_PRIORITY for p in prio.values()) and len(set(prio.values())) == len(prio)
     ranked = sorted(prio, key=prio.get, reverse=True)
     # meta_test trains 30 steps, each transfer target 20; the references arm trains two losses
     assert ranked == [("meta_test", "learned-evomal"), ("transfer_0", "learned-evomal"),
@@ -139,7 +139,7 @@ def test_learned_arms_come_first_then_the_longest(exp):
 
 
 def test_the_scheduler_gets_the_test_run_priorities(tmp_path):
-    """A dry run shows each test_run job's priority from test_run_priority, and 1 for the search's jobs."""
+    """A dry run shows each test_run job's priority from test_run_priority, and the search's for the search's jobs."""
     write_config(tmp_path, tiny_config())
     arms = ["baseline", "references", "learned-evomal"]
     targets = [f"results/tiny/test_runs/{t}-{a}.json" for t in ("meta_test", "transfer_0") for a in arms]
@@ -155,4 +155,5 @@ def test_the_scheduler_gets_the_test_run_priorities(tmp_path):
     got = {(w["target"], w["arm"]): p for w, p in jobs["test_run"]}
     assert got == {(t, a): pytest.approx(contract.test_run_priority(exp, run_arms, t, a))
                    for t in ("meta_test", "transfer_0") for a in run_arms}
-    assert {p for rule in ("population", "filter", "finalist_scores", "best") for _, p in jobs[rule]} == {1}
+    assert {p for rule in ("population", "filter", "finalist_scores", "best") for _, p in jobs[rule]} == {
+        contract.SEARCH_PRIORITY}

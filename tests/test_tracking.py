@@ -10,6 +10,7 @@ formats of the stage functions (evomal.pipeline), so no training runs here.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -606,3 +607,19 @@ def test_recomputed_stage_timings_add_only_the_new_values(gen, exp_dir, sqlite_u
     assert client.get_run(gid).data.metrics["seconds/filter"] == 2.5
     assert len(client.get_metric_history(gid, "best")) == 1
     assert len(client.get_metric_history(res["pipeline_run_id"], "search/best")) == 1
+
+
+def test_tracking_jobs_record_their_seconds_outside_the_generation(gen, exp_dir, sqlite_uri, tmp_path):
+    """A tracking job's seconds go to tracking/timings/ (the benchmark counts them as compute, not idle
+    time); in gen_<g>/timings/ they would be a new stage timing of the generation at its next tracking."""
+    gen(exp_dir, 0)
+    out = exp_dir / "gen_0" / "tracked.json"
+    before = sorted(p.name for p in (exp_dir / "gen_0" / "timings").glob("*.json"))
+    first = tracking.track_generation(sqlite_uri, EXPERIMENT, exp_dir, 0, out=out)
+    doc = json.loads((exp_dir / "tracking" / "timings" / "track_gen_0.json").read_text())
+    assert doc["stage"] == "track_gen_0" and 0 < doc["seconds"] and doc["end"] > 0
+    assert sorted(p.name for p in (exp_dir / "gen_0" / "timings").glob("*.json")) == before
+    again = tracking.track_generation(sqlite_uri, EXPERIMENT, exp_dir, 0, out=out)
+    assert again["unchanged"] == first["created"] and again["created"] == 0
+    client = _client(sqlite_uri)
+    assert not any(k.startswith("seconds/track") for k in client.get_run(first["generation_run_id"]).data.metrics)

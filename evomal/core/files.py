@@ -226,10 +226,13 @@ def file_digest(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def record_seconds(output_path, stage: str, seconds: float) -> None:
+def record_seconds(output_path, stage: str, seconds: float, *, folder=None) -> None:
     """Compute seconds of a job, beside its output in ``timings/`` (kept out of the result files so those
-    are identical whenever they are recomputed); the pipeline benchmark adds them up."""
+    are identical whenever they are recomputed), or in ``folder``/timings; the pipeline benchmark adds
+    them up."""
     out = Path(output_path)
-    folder = out.parent.parent if out.parent.name in ("shards", "test_runs", "finalist_scores") else out.parent
+    if folder is None:
+        folder = out.parent.parent if out.parent.name in ("shards", "test_runs", "finalist_scores") else out.parent
+    folder = Path(folder)
     # the wall-clock end lets a benchmark lay the jobs out in time (bench/bench_default_wall.py)
     write_json(folder / "timings" / f"{stage}.json", {"stage": stage, "seconds": seconds, "end": time.time()})

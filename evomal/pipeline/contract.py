@@ -102,8 +102,16 @@ def test_targets(exp: dict) -> list[str]:
     return [META_TEST_TARGET] + [f"{TRANSFER_PREFIX}{i}" for i in range(len(exp["transfer"]))]
 
 
+#: The scheduler's priorities (Snakemake gives a free core to the ready job of highest priority). The
+#: search's chain (breeding, filter, shards, finalists, best loss) first: it gates the learned arms, which
+#: end a run. Its bookkeeping (tracking, checks, plots, tables) next: it would hold a core the next stage
+#: of the search needs. The test runs last (test_run_priority), filling the cores the search leaves idle.
+SEARCH_PRIORITY = 2
+BOOKKEEPING_PRIORITY = 1
+
+
 def test_run_priority(exp: dict, arms: list[str], target: str, arm: str) -> float:
-    """The scheduler's priority of a test run, in (0, 1) (the search's rules have 1): the test runs ranked
+    """The scheduler's priority of a test run, in (0, BOOKKEEPING_PRIORITY): the test runs ranked
     with the learned arms first, then the most training steps first (ties: the targets' order).
 
     The learned arms wait for the search and its finalists, so they are the ones that end a run; the

@@ -20,7 +20,7 @@ rule check_generation:
         f"{EXP_DIR}/{CHECKS}/gen_{{gen}}.json",
     log:
         f"{LOGS}/gen_{{gen}}/check.log",
-    priority: 1
+    priority: BOOKKEEPING_PRIORITY
     run:
         from evomal.pipeline.repair import check_generation_job
 

@@ -8,10 +8,12 @@ from evomal.methods import get_method
 from evomal.pipeline.contract import CMAES_STATE, PLOT_FILES, SUMMARY_HTML, SUMMARY_MD, active_shards, results_inputs
 from evomal.pipeline.contract import (
     BASELINE_ARM,
+    BOOKKEEPING_PRIORITY,
     FINALIST_SCORES,
     LEARNED_PREFIX,
     META_TEST_TARGET,
     REFERENCES_ARM,
+    SEARCH_PRIORITY,
     TEST_RUNS,
     TRANSFER_PREFIX,
     finalist_parts,

@@ -16,7 +16,7 @@ rule compile:
         f"{GEN_DIR}/shards/compile_{{shard}}.json",
     log:
         f"{LOGS}/gen_{{gen}}/compile_{{shard}}.log",
-    priority: 1
+    priority: SEARCH_PRIORITY
     threads: 1
     resources:
         runtime=10,
@@ -38,7 +38,7 @@ rule optimize:
         f"{GEN_DIR}/shards/optimize_{{shard}}.json",
     log:
         f"{LOGS}/gen_{{gen}}/optimize_{{shard}}.log",
-    priority: 1
+    priority: SEARCH_PRIORITY
     threads: 1
     resources:
         runtime=120,
@@ -69,7 +69,7 @@ rule evaluate:
         f"{GEN_DIR}/shards/evaluate_{{shard}}.json",
     log:
         f"{LOGS}/gen_{{gen}}/evaluate_{{shard}}.log",
-    priority: 1
+    priority: SEARCH_PRIORITY
     threads: 1
     resources:
         runtime=120,
@@ -103,7 +103,7 @@ rule finalist_scores:
         f"{LOGS}/{FINALIST_SCORES}/part_{{part}}.log",
     wildcard_constraints:
         part=r"\d+",
-    priority: 1
+    priority: SEARCH_PRIORITY
     threads: 1
     resources:
         runtime=240,
@@ -136,7 +136,7 @@ rule finalists:
         f"{EXP_DIR}/finalists.tsv",
     log:
         f"{LOGS}/finalists.log",
-    priority: 1
+    priority: SEARCH_PRIORITY
     run:
         from evomal.pipeline.selection import finalists_stage
 
@@ -156,7 +156,7 @@ rule best:
         f"{EXP_DIR}/best/loss.json",
     log:
         f"{LOGS}/best.log",
-    priority: 1
+    priority: SEARCH_PRIORITY
     params:
         generations=lambda w: last_generation(w.experiment) + 1,
     run:

@@ -13,7 +13,7 @@ rule ml3_meta_train:
         f"{LOGS}/ml3_meta_train.log",
     wildcard_constraints:
         experiment=experiments_running("meta_train"),
-    priority: 1
+    priority: SEARCH_PRIORITY
     threads: 1
     resources:
         runtime=240,

@@ -42,7 +42,7 @@ rule plot_search:
         decisions_svg=str(vector_path(f"{REPORT_DIR}/{PLOT_FILES['decisions']}")),
     log:
         f"{LOGS}/report/plot_search.log",
-    priority: 1
+    priority: BOOKKEEPING_PRIORITY
     run:
         from evomal.results.report import plot_search
 
@@ -63,7 +63,7 @@ rule plot_loss_shape:
         svg=str(vector_path(f"{REPORT_DIR}/{PLOT_FILES['loss_shape']}")),
     log:
         f"{LOGS}/report/plot_loss_shape.log",
-    priority: 1
+    priority: BOOKKEEPING_PRIORITY
     run:
         from evomal.results.report import plot_loss_shape
 
@@ -85,7 +85,7 @@ rule plot_meta_test_curves:
         svg=str(vector_path(f"{REPORT_DIR}/{PLOT_FILES['meta_test_curves']}")),
     log:
         f"{LOGS}/report/plot_meta_test_curves.log",
-    priority: 1
+    priority: BOOKKEEPING_PRIORITY
     run:
         from evomal.results.report import CURVE_TITLES, plot_learning_curves
 
@@ -109,7 +109,7 @@ rule plot_transfer_curves:
         svg=str(vector_path(f"{REPORT_DIR}/{PLOT_FILES['transfer_curves']}")),
     log:
         f"{LOGS}/report/plot_transfer_curves.log",
-    priority: 1
+    priority: BOOKKEEPING_PRIORITY
     run:
         from evomal.results.report import CURVE_TITLES, plot_learning_curves
 
@@ -131,7 +131,7 @@ rule export_loss:
         ),
     log:
         f"{LOGS}/report/export_loss.log",
-    priority: 1
+    priority: BOOKKEEPING_PRIORITY
     run:
         from evomal.losses.export import write_torch_source
 
@@ -152,7 +152,7 @@ rule report:
         ),
     log:
         f"{LOGS}/report/summary.log",
-    priority: 1
+    priority: BOOKKEEPING_PRIORITY
     run:
         from evomal.results.report import write_summary_from_inputs
 

@@ -1,10 +1,11 @@
 # Population initialisation and breeding, filtering (a checkpoint), gathering a generation.
 
 
-# Every rule but test_run has priority 1: when a core is free the scheduler gives it to the search and
-# its bookkeeping (tracking, checks, plots: seconds each), and the test runs (priorities below 1,
-# workflow/rules/testing.smk) fill the cores they leave idle: the baseline and reference arms need no
-# search, so they train while it runs.
+# Priorities (evomal.pipeline.contract): a free core goes to the search's chain first (SEARCH_PRIORITY:
+# breeding, filter, shards, finalists, best loss), then to its bookkeeping (BOOKKEEPING_PRIORITY:
+# tracking, checks, plots, tables: seconds each, never ahead of the next stage of the search), and the
+# test runs (priorities below, workflow/rules/testing.smk) fill the cores left idle: the baseline and
+# reference arms need no search, so they train while it runs.
 
 
 # bookkeeping and breeding take milliseconds: never worth a cluster job
@@ -19,7 +20,7 @@ rule experiment_config:
         f"{EXP_DIR}/config.yaml",
     log:
         f"{LOGS}/config.log",
-    priority: 1
+    priority: SEARCH_PRIORITY
     params:
         exp=exp_of,
     run:
@@ -35,7 +36,7 @@ rule population:
         f"{GEN_DIR}/population.json",
     log:
         f"{LOGS}/gen_{{gen}}/population.log",
-    priority: 1
+    priority: SEARCH_PRIORITY
     params:
         search=search_params,
     run:
@@ -59,7 +60,7 @@ checkpoint filter:
         f"{GEN_DIR}/filter.json",
     log:
         f"{LOGS}/gen_{{gen}}/filter.log",
-    priority: 1
+    priority: SEARCH_PRIORITY
     threads: 1
     resources:
         runtime=30,
@@ -93,7 +94,7 @@ rule gather:
         archive=f"{GEN_DIR}/archive.json",
     log:
         f"{LOGS}/gen_{{gen}}/gather.log",
-    priority: 1
+    priority: SEARCH_PRIORITY
     run:
         from evomal.pipeline.gathering import gather_generation
 

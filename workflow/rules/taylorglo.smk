@@ -30,7 +30,7 @@ rule taylorglo_ask:
         f"{LOGS}/gen_{{gen}}/population.log",
     wildcard_constraints:
         experiment=experiments_running("cmaes_search"),
-    priority: 1
+    priority: SEARCH_PRIORITY
     params:
         cmaes=cmaes_params,
         shards=CFG["shards"],
@@ -55,7 +55,7 @@ rule taylorglo_gather:
         f"{LOGS}/gen_{{gen}}/gather.log",
     wildcard_constraints:
         experiment=experiments_running("cmaes_search"),
-    priority: 1
+    priority: SEARCH_PRIORITY
     run:
         from evomal.pipeline.taylorglo import gather_stage
 
@@ -73,7 +73,7 @@ rule taylorglo_best:
         f"{LOGS}/best.log",
     wildcard_constraints:
         experiment=experiments_running("cmaes_search"),
-    priority: 1
+    priority: SEARCH_PRIORITY
     params:
         generations=lambda w: last_generation(w.experiment) + 1,
     run:

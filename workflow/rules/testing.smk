@@ -1,7 +1,7 @@
 # Meta-testing (the learned loss from scratch against the baseline) and transfer to other tasks.
 # Each (target, arm) trains in a job of its own: the baseline and reference arms need no search, so
 # they fill the cores the search leaves idle; meta_test and transfer only put the arms into tables.
-# Priorities below the search's: the learned arms first, then the longest (run_priority).
+# Priorities below the search's and its bookkeeping's: the learned arms first, then the longest (run_priority).
 
 
 # tables of finished runs: pandas, no training
@@ -50,7 +50,7 @@ rule meta_test:
         curves=f"{EXP_DIR}/meta_test_curves.json",
     log:
         f"{LOGS}/meta_test.log",
-    priority: 1
+    priority: BOOKKEEPING_PRIORITY
     run:
         from evomal.pipeline.testing import meta_test_stage
 
@@ -66,7 +66,7 @@ rule transfer:
         curves=f"{EXP_DIR}/transfer_curves.json",
     log:
         f"{LOGS}/transfer.log",
-    priority: 1
+    priority: BOOKKEEPING_PRIORITY
     run:
         from evomal.pipeline.testing import transfer_stage
 

@@ -22,7 +22,7 @@ rule tracking_init:
         f"{EXP_DIR}/tracking/run.json",
     log:
         f"{LOGS}/tracking/init.log",
-    priority: 1
+    priority: BOOKKEEPING_PRIORITY
     resources:
         mlflow=1,
     params:
@@ -51,7 +51,7 @@ rule track:
         f"{GEN_DIR}/tracked.json",
     log:
         f"{LOGS}/tracking/gen_{{gen}}.log",
-    priority: 1
+    priority: BOOKKEEPING_PRIORITY
     resources:
         mlflow=1,
     params:
@@ -78,7 +78,7 @@ rule track_results:
         f"{EXP_DIR}/tracking/results.json",
     log:
         f"{LOGS}/tracking/results.log",
-    priority: 1
+    priority: BOOKKEEPING_PRIORITY
     resources:
         mlflow=1,
     params:

@@ -175,6 +175,8 @@ def track_generation(tracking_uri: str, experiment_name: str, exp_dir: str | Pat
         + f" in {result['seconds']:.2f}s")
     if out is not None:
         files.write_json(out, result)
+        # tracking/timings/: gen_<g>/timings/ holds the generation's stage timings, logged on its run
+        files.record_seconds(out, f"track_gen_{generation}", time.perf_counter() - t0, folder=exp_dir / "tracking")
     return result
 
 
@@ -297,6 +299,7 @@ def track_results(tracking_uri: str, experiment_name: str, exp_dir: str | Path, 
     say(f"{len(points)} metrics ({state}) in {result['seconds']:.2f}s")
     if out is not None:
         files.write_json(out, result)
+        files.record_seconds(out, "track_results", time.perf_counter() - t0)  # tracking/timings/
     return result
 
 
