@@ -3,14 +3,13 @@
 timers (evomal.pipeline.scheduler)."""
 from __future__ import annotations
 
-import re
 import threading
 
 from snakemake.scheduling import job_scheduler
 
 from evomal.pipeline.contract import BOOKKEEPING_PRIORITY, SEARCH_PRIORITY
 from evomal.pipeline.scheduler import REEVALUATION, cancel_scheduler_timers
-from workflow_utils import snakemake, tiny_config, write_config
+from workflow_utils import dry_run_jobs, snakemake, tiny_config, write_config
 
 #: the search's chain: what the learned arms wait for
 SEARCH = {"experiment_config", "population", "filter", "compile", "optimize", "evaluate", "gather",
@@ -20,23 +19,13 @@ BOOKKEEPING = {"tracking_init", "track", "check_generation", "track_results", "p
                "plot_meta_test_curves", "plot_transfer_curves", "export_loss", "report", "meta_test", "transfer"}
 
 
-def _priorities(log: str) -> dict[str, set[float]]:
-    """rule -> the priorities of its jobs in a dry run's job blocks (`--quiet host`; no line: 0)."""
-    found: dict[str, set[float]] = {}
-    for block in re.split(r"\n(?:local)?(?:rule|checkpoint) ", log)[1:]:
-        head = block.split("\n\n")[0]
-        priority = re.search(r"\n\s+priority: (\S+)", head)
-        found.setdefault(block.split(":", 1)[0], set()).add(float(priority.group(1)) if priority else 0.0)
-    return found
-
-
 def test_the_search_comes_before_its_bookkeeping_and_the_bookkeeping_before_the_test_runs(tmp_path):
     """Every job of a run in its tier: a bookkeeping job queued ahead of the next generation's breeding
     held the free core for two seconds a generation (track, MLflow), and a new rule must choose a tier."""
     write_config(tmp_path, tiny_config())
     snakemake(tmp_path, "results/tiny/gen_0/filter.json")  # past the first checkpoint: its shard jobs exist
     dry = snakemake(tmp_path, "-n", "--quiet", "host")
-    prio = _priorities(dry.stdout + dry.stderr)
+    prio = {rule: {p for _, p in jobs} for rule, jobs in dry_run_jobs(dry.stdout + dry.stderr).items()}
     prio.pop("all")
     assert {"compile", "optimize", "evaluate", "track", "report", "test_run"} <= set(prio), sorted(prio)
     assert set(prio) <= SEARCH | BOOKKEEPING | {"test_run"}, sorted(set(prio) - SEARCH - BOOKKEEPING)

@@ -3,7 +3,6 @@ the test split and the meta-test seeds per arm, and baseline / reference arms th
 from __future__ import annotations
 
 import json
-import re
 
 import pandas as pd
 import pytest
@@ -19,7 +18,7 @@ from evomal.pipeline import contract
 from evomal.pipeline.contract import target_spec
 from evomal.pipeline.testing import (ArmRuns, meta_test_stage, read_arm_runs, arm_runs_stage,
                                      transfer_stage)
-from workflow_utils import snakemake, tiny_config, write_config
+from workflow_utils import dry_run_jobs, snakemake, tiny_config, write_config
 
 LEARNED = "mul(-1, mul(add(y, 1), log(f)))"
 
@@ -144,12 +143,7 @@ def test_the_scheduler_gets_the_test_run_priorities(tmp_path):
     arms = ["baseline", "references", "learned-evomal"]
     targets = [f"results/tiny/test_runs/{t}-{a}.json" for t in ("meta_test", "transfer_0") for a in arms]
     dry = snakemake(tmp_path, "-n", "--quiet", "host", "--", *targets)
-    jobs = {}
-    for block in re.split(r"\n(?:rule|checkpoint) ", dry.stdout + dry.stderr)[1:]:
-        rule = block.split(":", 1)[0]
-        wildcards = dict(kv.split("=") for kv in block.split("wildcards: ")[1].split("\n")[0].split(", "))
-        priority = float(block.split("priority: ")[1].split("\n")[0]) if "priority: " in block.split("\n\n")[0] else 0
-        jobs.setdefault(rule, []).append((wildcards, priority))
+    jobs = dry_run_jobs(dry.stdout + dry.stderr)
     exp = resolve_config(tiny_config())["experiments"]["tiny"]
     run_arms = [a for a in arms if a != "references" or exp["meta_test"]["references"]]
     got = {(w["target"], w["arm"]): p for w, p in jobs["test_run"]}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,20 @@ def snakemake(workdir: Path, *args: str, env: dict | None = None, timeout: float
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
                              f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
+
+
+def dry_run_jobs(log: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """rule -> (wildcards, priority) of each job block of a dry run with `--quiet host` (no priority line
+    means 0)."""
+    jobs: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for block in re.split(r"\n(?:local)?(?:rule|checkpoint) ", log)[1:]:
+        head = block.split("\n\n")[0]
+        wildcards = re.search(r"\n\s+wildcards: ([^\n]+)", head)
+        priority = re.search(r"\n\s+priority: (\S+)", head)
+        jobs.setdefault(block.split(":", 1)[0], []).append(
+            (dict(kv.split("=", 1) for kv in wildcards.group(1).split(", ")) if wildcards else {},
+             float(priority.group(1)) if priority else 0.0))
+    return jobs
 
 
 def contract_files(exp_dir: Path) -> dict[str, bytes]:

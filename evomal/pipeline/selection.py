@@ -114,8 +114,9 @@ def finalist_scores_stage(archive_path, results_dir, out_path, *, exp: dict, par
         **settings.optimizer_kwargs())
     failpoint("finalists")
     files.write_json(out_path, {"part": int(part), "scores": [asdict(v) for v in scores]})
-    record_seconds(out_path, f"finalists_part_{part}", time.perf_counter() - t0)
-    JobLog(log)(f"part {part} of {parts}: {names}, {len(scores)} runs in {time.perf_counter() - t0:.1f}s")
+    seconds = time.perf_counter() - t0
+    record_seconds(out_path, f"finalists_part_{part}", seconds)
+    JobLog(log)(f"part {part} of {parts}: {names}, {len(scores)} runs in {seconds:.1f}s")
 
 
 def read_finalist_scores(path, names: list[str], seeds: list[int]) -> list:
