@@ -2,10 +2,14 @@
 evomal.results.report.verdict)."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import re
+import socket
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pandas as pd
@@ -13,7 +17,7 @@ import pytest
 
 from evomal.core import files
 from evomal.pipeline import progress
-from evomal.pipeline.locks import OWNER_FILE
+from evomal.pipeline.locks import OWNER_FILE, record_lock_owner
 from evomal.results.report.verdict import Verdict, experiment_verdicts, run_summary, verdicts
 
 
@@ -43,17 +47,35 @@ def test_generation_line_counts_from_one_and_times_from_the_run_start(tmp_path, 
                   population=12, exp_dir=tmp_path / "results" / "e")
     assert progress.generation_line(**kwargs) == \
         "gen 1/4  best 0.04167 mul(-1, mul(y, log(f)))  evaluated 7/12"  # outside a Snakemake run: no times
+    held = record_lock_owner([], tmp_path)  # the record the Snakefile's onstart writes, naming this process
+    try:
+        line = progress.generation_line(**kwargs)
+        assert re.fullmatch(r"gen 1/4  best 0\.04167 mul\(-1, mul\(y, log\(f\)\)\)  evaluated 7/12  elapsed \S+  ETA -",
+                            line), line
+        assert progress.generation_line(**{**kwargs, "best": None}).startswith("gen 1/4  best none yet  evaluated 7/12")
+    finally:
+        held.release()
+
+
+def test_a_finished_runs_record_dates_no_line(tmp_path):
+    """The lock-owner record outlives its run: once its process is gone, a line made in that folder (a
+    test, `evomal show`, the next run's parse) is outside a run and carries no elapsed time."""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True, check=True)
+    record = {"pid": int(ended.stdout), "host": socket.gethostname(), "started": 1.0}
     (tmp_path / ".snakemake").mkdir()
-    (tmp_path / ".snakemake" / OWNER_FILE).write_text("{}")  # the record the Snakefile's onstart writes
-    line = progress.generation_line(**kwargs)
-    assert re.fullmatch(r"gen 1/4  best 0\.04167 mul\(-1, mul\(y, log\(f\)\)\)  evaluated 7/12  elapsed \S+  ETA -",
-                        line), line
-    assert progress.generation_line(**{**kwargs, "best": None}).startswith("gen 1/4  best none yet  evaluated 7/12")
-
-
-def test_a_finished_run_line_names_the_metric_in_words():
+    (tmp_path / ".snakemake" / OWNER_FILE).write_text(json.dumps(record))
+    assert progress.run_started(tmp_path) is None
     line = progress.seed_line(target="digits/mlp", method="evomal", seed=3, done=4, total=10, metric="error_rate",
-                              value=0.06125, seconds=3.2)
+                              value=0.06125, seconds=3.2, workdir=tmp_path)
+    assert line == "digits/mlp 4/10  evomal seed 3  test error rate 0.06125  (3.2s)"
+    (tmp_path / ".snakemake" / OWNER_FILE).write_text(json.dumps({**record, "pid": os.getpid()}))
+    assert progress.run_started(tmp_path) == 1.0
+
+
+def test_a_finished_run_line_names_the_metric_in_words(tmp_path):
+    line = progress.seed_line(target="digits/mlp", method="evomal", seed=3, done=4, total=10, metric="error_rate",
+                              value=0.06125, seconds=3.2, workdir=tmp_path)
     assert line == "digits/mlp 4/10  evomal seed 3  test error rate 0.06125  (3.2s)"
     assert progress.metric_words("mse") == "MSE"
 

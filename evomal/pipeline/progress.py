@@ -7,9 +7,12 @@ has finished (their ``fitness.tsv`` is newer than the run's start) to the genera
 """
 from __future__ import annotations
 
+import json
+import socket
 import time
 from pathlib import Path
 
+from evomal.core.files import pid_alive
 from evomal.pipeline.contract import FITNESS_TABLE, generation_dir
 from evomal.pipeline.locks import OWNER_FILE
 
@@ -22,11 +25,17 @@ def metric_words(name: str) -> str:
 
 
 def run_started(workdir: str | Path = ".") -> float | None:
-    """Wall-clock time the current Snakemake run started, or None outside a run."""
+    """Wall-clock time the current Snakemake run started, or None outside a run.
+
+    The record outlives its run (a finished or killed run leaves it until the next one starts), so it
+    dates a run only while the process it names lives; one from another machine (a cluster job reading
+    the submit host's record) is taken as it is."""
     try:
-        return (Path(workdir) / ".snakemake" / OWNER_FILE).stat().st_mtime
-    except OSError:
+        record = json.loads((Path(workdir) / ".snakemake" / OWNER_FILE).read_text())
+        pid, host, started = int(record["pid"]), record["host"], float(record["started"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+    return started if host != socket.gethostname() or pid_alive(pid) else None
 
 
 def duration(seconds: float | None) -> str:
